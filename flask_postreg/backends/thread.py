@@ -1,0 +1,303 @@
+"""The default backend: a small pool of worker threads in this process.
+
+- Created lazily, per process id: a gunicorn ``--preload`` fork gets its own.
+- A bounded queue: past ``POSTREG_MAX_QUEUE`` a job is refused (the caller counts
+  and logs it; the database store leaves it to the poller).
+- A scheduler thread runs due retries and is the watchdog: an attempt past its
+  timeout is reported failed, its thread is written off (threads cannot be
+  killed) and a fresh worker takes its place, so a hanging hook never starves
+  the others. A late result from a written-off thread is ignored.
+- At interpreter exit the pool drains for at most ``POSTREG_SHUTDOWN_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import dataclasses
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..errors import HookTimeout
+
+if TYPE_CHECKING:
+    from ..dispatch import Delivery
+    from ..dispatch import Dispatcher
+    from ..dispatch import Outcome
+
+logger = logging.getLogger("flask_postreg")
+
+#: Written-off (hung) threads allowed per worker slot before no more are replaced.
+STUCK_FACTOR = 4
+
+
+@dataclasses.dataclass
+class _Running:
+    delivery: Delivery
+    deadline: float
+    timeout: float
+    abandoned: bool = False
+
+
+class ThreadBackend:
+    """Runs deliveries on worker threads; see the module docstring."""
+
+    name = "thread"
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        max_workers: int = 4,
+        max_queue: int = 10000,
+        shutdown_timeout: float = 10.0,
+        on_done: Callable[[Delivery, Outcome], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.max_workers = max_workers
+        self.max_queue = max_queue
+        self.shutdown_timeout = shutdown_timeout
+        self.on_done = on_done
+        self.clock = clock
+        self._reset()
+        _POOLS.add(self)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._pid: int | None = None
+        self._queue: collections.deque[Delivery] = collections.deque()
+        self._timers: list[tuple[float, int, Delivery]] = []
+        self._running: dict[int, _Running] = {}
+        self._seq = itertools.count()
+        self._pending = 0
+        self._workers = 0
+        self._stuck = 0
+        self._stopping = False
+        self.started_threads = 0
+
+    # -- public ------------------------------------------------------------
+
+    def submit(self, delivery: Delivery) -> bool:
+        """Queue one delivery; False if refused (queue full, shutting down)."""
+        with self._cond:
+            if not self._ensure_started() or len(self._queue) >= self.max_queue:
+                return False
+            self._queue.append(delivery)
+            self._pending += 1
+            self._cond.notify_all()
+        return True
+
+    def schedule(self, delivery: Delivery, delay: float) -> bool:
+        """Run ``delivery`` after ``delay`` seconds (an in-process retry)."""
+        with self._cond:
+            if not self._ensure_started():
+                return False
+            self._push_timer(delivery, delay)
+            self._pending += 1
+            self._cond.notify_all()
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Deliveries queued, running or waiting for an in-process retry."""
+        with self._cond:
+            return self._pending if self._pid == os.getpid() else 0
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued, running or due for retry; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if self._pid != os.getpid():
+                return True
+            while self._pending > 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop taking work, let queued and running jobs finish within ``timeout``."""
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        with self._cond:
+            if self._pid != os.getpid() or self._stopping:
+                self._stopping = True
+                return True
+            self._stopping = True
+            dropped_retries = len(self._timers)
+            self._pending -= dropped_retries
+            self._timers.clear()
+            self._cond.notify_all()
+        if dropped_retries and not self.dispatcher.store.durable:
+            logger.warning(
+                "flask-postreg shut down with %d retries still scheduled; in memory"
+                " mode they are not run (use the database store to keep them)",
+                dropped_retries,
+            )
+        done = self.join(timeout)
+        if not done:
+            logger.warning(
+                "flask-postreg shut down with %d deliveries unfinished after %.1fs",
+                self.pending,
+                timeout,
+            )
+        return done
+
+    # -- internals ---------------------------------------------------------
+
+    def _ensure_started(self) -> bool:
+        """Start threads once per process; called with the lock held."""
+        if self._stopping:
+            return False
+        if self._pid == os.getpid():
+            return True
+        self._pid = os.getpid()
+        try:
+            for _ in range(self.max_workers):
+                self._start(self._work, "worker")
+            self._start(self._schedule_loop, "scheduler")
+        except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            self._stopping = True
+            logger.warning(
+                "flask-postreg cannot start threads: the interpreter is exiting"
+            )
+            return False
+        return True
+
+    def _start(self, target: Callable[[], None], role: str) -> None:
+        thread = threading.Thread(
+            target=target,
+            name=f"postreg-{role}-{self.started_threads}",
+            daemon=True,
+        )
+        thread.start()
+        self.started_threads += 1
+        if role == "worker":
+            self._workers += 1
+
+    def _push_timer(self, delivery: Delivery, delay: float) -> None:
+        heapq.heappush(self._timers, (self.clock() + delay, next(self._seq), delivery))
+
+    def _work(self) -> None:
+        pid = os.getpid()
+        while True:
+            with self._cond:
+                while not self._queue and not (self._stopping and not self._running):
+                    if self._pid != pid:
+                        return
+                    self._cond.wait()
+                if not self._queue or self._pid != pid:
+                    return
+                delivery = self._queue.popleft()
+                token = next(self._seq)
+                timeout = delivery.hook.timeout or 20.0
+                running = _Running(delivery, self.clock() + timeout, timeout)
+                self._running[token] = running
+                self._cond.notify_all()
+            error, duration = self.dispatcher.call(delivery)
+            with self._cond:
+                self._running.pop(token, None)
+                if running.abandoned:
+                    self._stuck -= 1
+                    return  # a replacement took this thread's place
+            self._done(delivery, self.dispatcher.finish(delivery, error, duration))
+
+    def _done(self, delivery: Delivery, outcome: Outcome) -> None:
+        """After an attempt: plan its retry or count it finished."""
+        retried = False
+        if outcome.retry_in is not None and not self.dispatcher.store.durable:
+            with self._cond:
+                if not self._stopping:
+                    self._push_timer(delivery.next(), outcome.retry_in)
+                    self._cond.notify_all()
+                    retried = True
+        if self.on_done is not None:
+            try:
+                self.on_done(delivery, outcome)
+            except Exception:
+                logger.exception("flask-postreg: on_done callback failed")
+        if not retried:
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
+
+    def _schedule_loop(self) -> None:
+        pid = os.getpid()
+        while True:
+            expired: list[_Running] = []
+            with self._cond:
+                if self._pid != pid or (self._stopping and self._pending <= 0):
+                    return
+                now = self.clock()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, delivery = heapq.heappop(self._timers)
+                    self._queue.append(delivery)
+                    self._cond.notify_all()
+                for running in self._running.values():
+                    if not running.abandoned and running.deadline <= now:
+                        running.abandoned = True
+                        expired.append(running)
+                for _ in expired:
+                    self._stuck += 1
+                    if self._stuck <= self.max_workers * STUCK_FACTOR:
+                        try:
+                            self._start(self._work, "worker")
+                        except RuntimeError:
+                            pass
+                    else:
+                        logger.error(
+                            "flask-postreg: %d hook attempts are stuck past their"
+                            " timeout; no more threads are started for them. Give"
+                            " every network call in your hooks a timeout.",
+                            self._stuck,
+                        )
+                if not expired:
+                    wake = [t[0] for t in self._timers[:1]]
+                    wake += [
+                        r.deadline for r in self._running.values() if not r.abandoned
+                    ]
+                    wait = min(wake) - now if wake else None
+                    self._cond.wait(None if wait is None else max(wait, 0.001))
+            for running in expired:
+                error = HookTimeout(
+                    f"attempt exceeded the hook's timeout of {running.timeout:g}s"
+                )
+                outcome = self.dispatcher.finish(
+                    running.delivery, error, running.timeout
+                )
+                self._done(running.delivery, outcome)
+
+    def _after_fork(self) -> None:
+        self._reset()
+
+
+_POOLS: weakref.WeakSet[ThreadBackend] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for pool in list(_POOLS):
+        pool._after_fork()
+
+
+def _shutdown_all() -> None:
+    for pool in list(_POOLS):
+        try:
+            pool.shutdown()
+        except Exception:
+            logger.exception("flask-postreg: error while shutting the pool down")
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+atexit.register(_shutdown_all)

@@ -1,0 +1,111 @@
+"""SQLAlchemy session listeners: see new users at flush, release them at commit.
+
+``after_flush``  snapshots each new instance of the app's user model (subclasses
+                 too) into an :class:`~flask_postreg.Event`, keyed by the innermost
+                 transaction (savepoint or root).
+``after_commit`` on a savepoint release moves its events to the parent; on the
+                 root commit hands them to the app's dispatcher. Never raises.
+``after_transaction_end`` drops what is still keyed on an ended transaction:
+                 that transaction was rolled back.
+
+The listeners are module-level functions installed once on
+:class:`sqlalchemy.orm.Session` (so every session class sees them), and routed
+by ``current_app``: an app without the extension never fires.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+from typing import Any
+
+from flask import current_app
+from flask import has_app_context
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import SessionTransaction
+
+if TYPE_CHECKING:
+    from .events import Event
+    from .extension import _State
+
+logger = logging.getLogger("flask_postreg")
+
+_PENDING = "flask_postreg.pending"
+_install_lock = threading.Lock()
+
+Pending = dict[SessionTransaction, list[tuple["_State", "Event"]]]
+
+
+def _state() -> _State | None:
+    if not has_app_context():
+        return None
+    state: _State | None = current_app.extensions.get("postreg")
+    if state is None or not state.enabled:
+        return None
+    return state
+
+
+def after_flush(session: Session, flush_context: Any) -> None:
+    state = _state()
+    if state is None:
+        return
+    model = state.user_model
+    new = [obj for obj in session.new if isinstance(obj, model)]
+    if not new:
+        return
+    events = state.capture(new, session)
+    if not events:
+        return
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:  # pragma: no cover - a flush always has one
+        return
+    pending: Pending = session.info.setdefault(_PENDING, {})
+    pending.setdefault(transaction, []).extend((state, e) for e in events)
+
+
+def after_commit(session: Session) -> None:
+    pending: Pending | None = session.info.get(_PENDING)
+    if not pending:
+        return
+    try:
+        nested = session.get_nested_transaction()
+        if nested is not None:  # a SAVEPOINT was released: the parent decides
+            moved = pending.pop(nested, None)
+            if moved and nested.parent is not None:
+                pending.setdefault(nested.parent, []).extend(moved)
+            return
+        session.info.pop(_PENDING, None)
+        by_state: dict[int, tuple[_State, list[Event]]] = {}
+        for items in pending.values():
+            for state, ev in items:
+                by_state.setdefault(id(state), (state, []))[1].append(ev)
+        for state, events in by_state.values():
+            state.committed(events)
+    except Exception:  # commit() must not raise for us: the row is committed
+        logger.exception("flask-postreg could not hand committed registrations over")
+
+
+def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    pending: Pending | None = session.info.get(_PENDING)
+    if not pending:
+        return
+    pending.pop(transaction, None)
+    if not pending:
+        session.info.pop(_PENDING, None)
+
+
+_LISTENERS = (
+    ("after_flush", after_flush),
+    ("after_commit", after_commit),
+    ("after_transaction_end", after_transaction_end),
+)
+
+
+def install() -> None:
+    """Install the listeners once per process (SQLAlchemy does not de-duplicate)."""
+    with _install_lock:
+        for name, fn in _LISTENERS:
+            if not event.contains(Session, name, fn):
+                event.listen(Session, name, fn)

@@ -1,0 +1,322 @@
+"""One job per (event, hook): run an attempt, classify it, record it, plan a retry.
+
+Backends decide *where* an attempt runs (a pool thread, inline); this module
+decides *what* an attempt is, so both behave the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as _dt
+import inspect
+import logging
+import random
+import time
+import traceback
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from typing import Any
+
+from .errors import HookTimeout
+from .errors import PermanentError
+from .errors import RetryLater
+from .events import Context
+from .events import Event
+from .events import User
+from .scrub import scrub
+from .signals import hook_failed
+from .signals import hook_succeeded
+from .snapshot import with_run_facts
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .store import Store
+
+logger = logging.getLogger("flask_postreg")
+
+HookFunc = Callable[[User, Context], Any]
+
+#: Delivery statuses, as stored and as the tooling shows them.
+PENDING = "pending"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+DEAD = "dead"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """A registered hook and its delivery settings.
+
+    ``source`` says where it comes from: ``"decorator"`` (``@postreg.hook``),
+    ``"receiver"`` (a ``post_user_registration`` receiver) or ``"handler"`` (a
+    built-in handler configured from ``app.config``).
+    """
+
+    name: str
+    func: HookFunc
+    enabled: bool = True
+    max_attempts: int | None = None
+    timeout: float | None = None
+    source: str = "decorator"
+    secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+    def settle(self, max_attempts: int, timeout: float) -> Hook:
+        """This hook with the app's defaults filled in."""
+        return dataclasses.replace(
+            self,
+            max_attempts=self.max_attempts or max_attempts,
+            timeout=self.timeout or timeout,
+        )
+
+
+def hook_name(func: Any) -> str:
+    """``module:qualname`` of a function, or of a callable object's class."""
+    explicit = getattr(func, "hook_name", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    target = func if inspect.isfunction(func) or inspect.ismethod(func) else type(func)
+    module = getattr(target, "__module__", None) or "?"
+    qualname = getattr(target, "__qualname__", None) or repr(target)
+    return f"{module}:{qualname}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """One attempt to run one hook for one event (``row_id`` in database mode)."""
+
+    event: Event
+    hook: Hook
+    attempt: int = 1
+    row_id: int | None = None
+
+    def next(self) -> Delivery:
+        return dataclasses.replace(self, attempt=self.attempt + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to; ``retry_in`` is set when another will follow."""
+
+    event_id: str
+    hook: str
+    attempt: int
+    status: str
+    duration: float
+    finished_at: _dt.datetime
+    error_class: str | None = None
+    error: str | None = None
+    retry_in: float | None = None
+    row_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["finished_at"] = self.finished_at.isoformat()
+        return data
+
+
+class RetryPolicy:
+    """Delays between attempts: the schedule, jittered by +/- ``jitter``.
+
+    ``rand`` is injectable so the jitter can be tested without waiting.
+    """
+
+    def __init__(
+        self,
+        schedule: Iterable[float],
+        *,
+        jitter: float = 0.2,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.schedule = tuple(float(s) for s in schedule)
+        self.jitter = jitter
+        self.rand = rand
+
+    def delay(self, failed_attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after attempt ``failed_attempt`` before the next one."""
+        cap = max(self.schedule)
+        if retry_after is not None:
+            return min(max(float(retry_after), 0.0), cap)
+        base = self.schedule[min(failed_attempt, len(self.schedule)) - 1]
+        return base * (1.0 - self.jitter + 2.0 * self.jitter * self.rand())
+
+
+def _call(func: HookFunc, user: User, context: Context) -> None:
+    result = func(user, context)
+    if inspect.isawaitable(result):
+        asyncio.run(_await(result))
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+class Dispatcher:
+    """Runs and records attempts for one app; shared by every backend."""
+
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        policy: RetryPolicy,
+        secrets: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+        store: Store,
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self._secrets = secrets
+        self.store = store
+        self._scrub_values: set[str] = set()
+
+    def add_scrub_values(self, values: Iterable[str]) -> None:
+        """Texts (webhook URLs, tokens) that must never appear in logs or rows."""
+        self._scrub_values.update(v for v in values if v)
+
+    def secrets(self) -> Mapping[str, Any]:
+        value = self._secrets() if callable(self._secrets) else self._secrets
+        return value or {}
+
+    def scrub_values(self, delivery: Delivery | None = None) -> set[str]:
+        values = set(self._scrub_values)
+        if delivery is not None:
+            values.update(delivery.hook.secrets)
+        try:
+            values.update(str(v) for v in self.secrets().values() if v is not None)
+        except Exception:
+            pass
+        return values
+
+    def call(self, delivery: Delivery) -> tuple[BaseException | None, float]:
+        """Run the hook once in a fresh app context; return (error or None, seconds)."""
+        start = time.perf_counter()
+        try:
+            with self.app.app_context():
+                context = with_run_facts(
+                    delivery.event.context,
+                    attempt=delivery.attempt,
+                    secrets=self.secrets(),
+                )
+                _call(delivery.hook.func, delivery.event.user, context)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # recorded as the attempt's failure
+            return exc, time.perf_counter() - start
+        return None, time.perf_counter() - start
+
+    def finish(
+        self, delivery: Delivery, error: BaseException | None, duration: float
+    ) -> Outcome:
+        """Classify, log, signal and record one attempt; never raises."""
+        hook = delivery.hook
+        max_attempts = hook.max_attempts or 1
+        now = _dt.datetime.now(_dt.timezone.utc)
+        if error is None:
+            outcome = Outcome(
+                event_id=delivery.event.id,
+                hook=hook.name,
+                attempt=delivery.attempt,
+                status=SUCCEEDED,
+                duration=duration,
+                finished_at=now,
+                row_id=delivery.row_id,
+            )
+            logger.debug(
+                "hook %s succeeded for event %s (attempt %d, %.3fs)",
+                hook.name,
+                delivery.event.id,
+                delivery.attempt,
+                duration,
+            )
+        else:
+            final = (
+                isinstance(error, PermanentError) or delivery.attempt >= max_attempts
+            )
+            retry_in = None
+            if not final:
+                retry_after = (
+                    error.retry_after if isinstance(error, RetryLater) else None
+                )
+                retry_in = self.policy.delay(delivery.attempt, retry_after)
+            secrets = self.scrub_values(delivery)
+            message = scrub(str(error), secrets)
+            outcome = Outcome(
+                event_id=delivery.event.id,
+                hook=hook.name,
+                attempt=delivery.attempt,
+                status=DEAD if final else PENDING,
+                duration=duration,
+                finished_at=now,
+                error_class=type(error).__name__,
+                error=message,
+                retry_in=retry_in,
+                row_id=delivery.row_id,
+            )
+            self._log_failure(delivery, error, outcome, secrets)
+        self._signal(delivery, error, outcome)
+        try:
+            self.store.record(outcome)
+        except Exception:
+            logger.exception(
+                "flask-postreg could not record an outcome of %s", hook.name
+            )
+        return outcome
+
+    def _log_failure(
+        self,
+        delivery: Delivery,
+        error: BaseException,
+        outcome: Outcome,
+        secrets: set[str],
+    ) -> None:
+        if isinstance(error, HookTimeout):
+            detail = ""
+        else:
+            tb = "".join(
+                traceback.format_exception(type(error), error, error.__traceback__)
+            )
+            detail = "\n" + scrub(tb, secrets, limit=8000)
+        if outcome.status == DEAD:
+            level, what = logging.ERROR, "delivery is dead"
+        else:
+            level, what = logging.WARNING, f"retrying in {outcome.retry_in:.1f}s"
+        logger.log(
+            level,
+            "hook %s failed for event %s (attempt %d of %d): %s: %s; %s%s",
+            delivery.hook.name,
+            delivery.event.id,
+            delivery.attempt,
+            delivery.hook.max_attempts or 1,
+            outcome.error_class,
+            outcome.error,
+            what,
+            detail,
+        )
+
+    def _signal(
+        self, delivery: Delivery, error: BaseException | None, outcome: Outcome
+    ) -> None:
+        try:
+            with self.app.app_context():
+                if error is None:
+                    hook_succeeded.send(
+                        self.app,
+                        event=delivery.event,
+                        hook=delivery.hook.name,
+                        attempt=delivery.attempt,
+                        duration=outcome.duration,
+                    )
+                else:
+                    hook_failed.send(
+                        self.app,
+                        event=delivery.event,
+                        hook=delivery.hook.name,
+                        attempt=delivery.attempt,
+                        error=error,
+                        final=outcome.status == DEAD,
+                    )
+        except Exception:
+            logger.exception("a receiver of flask-postreg's outcome signals raised")

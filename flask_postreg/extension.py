@@ -1,0 +1,380 @@
+"""The :class:`PostReg` extension: configuration, the hook registry, per-app state."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import TypeVar
+from typing import overload
+
+from flask import Flask
+from flask import current_app
+from flask import has_app_context
+
+from . import capture
+from . import config as _config
+from .backends import Backend
+from .backends import create as create_backend
+from .dispatch import Delivery
+from .dispatch import Dispatcher
+from .dispatch import Hook
+from .dispatch import RetryPolicy
+from .dispatch import hook_name
+from .errors import PostRegError
+from .events import Connection
+from .events import Event
+from .events import User
+from .events import new_event_id
+from .handlers import configure as configure_handlers
+from .signals import post_user_registration
+from .snapshot import FieldMap
+from .snapshot import build_context
+from .snapshot import build_user
+from .store import MemoryStore
+from .store import Store
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+    from sqlalchemy.orm import Session
+
+logger = logging.getLogger("flask_postreg")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _State:
+    """Everything one app needs; lives in ``app.extensions["postreg"]``."""
+
+    def __init__(
+        self,
+        ext: PostReg,
+        app: Flask,
+        db: SQLAlchemy,
+        user_model: type,
+        values: dict[str, Any],
+    ) -> None:
+        self.ext = ext
+        self.app = app
+        self.db = db
+        self.user_model = user_model
+        self.values = values
+        self.enabled: bool = values["ENABLED"]
+        self.tenant: str = values["TENANT"] or app.name
+        table = (
+            getattr(user_model, "__tablename__", None) or user_model.__name__.lower()
+        )
+        conn = dict(values["CONNECTION"] or {})
+        self.connection = Connection(
+            id=str(conn.get("id") or f"con_{table}"),
+            name=str(conn.get("name") or "Username-Password-Authentication"),
+            tenant=str(conn.get("tenant") or self.tenant),
+        )
+        self._field_maps: dict[type, FieldMap] = {}
+        self._field_lock = threading.Lock()
+        self.field_map(user_model)  # fail early on a bad POSTREG_USER_FIELDS
+        self.handler_hooks: dict[str, Hook] = {}
+        self.dropped = 0
+        self.store: Store = MemoryStore(values["HISTORY_SIZE"])
+        self.dispatcher = Dispatcher(
+            app,
+            policy=RetryPolicy(values["RETRY_SCHEDULE"]),
+            secrets=values["SECRETS"],
+            store=self.store,
+        )
+        self.backend: Backend = create_backend(
+            values["BACKEND"], self.dispatcher, values
+        )
+
+    # -- capture -----------------------------------------------------------
+
+    def field_map(self, model: type) -> FieldMap:
+        fields = self._field_maps.get(model)
+        if fields is None:
+            with self._field_lock:
+                fields = FieldMap(model, self.values["USER_FIELDS"])
+                self._field_maps[model] = fields
+        return fields
+
+    def snapshot(self, instance: Any) -> Event:
+        """A frozen event for ``instance`` and the current request (no SQL)."""
+        user = build_user(self.field_map(type(instance)), instance, self.tenant)
+        event_id = new_event_id()
+        context = build_context(
+            event_id=event_id,
+            connection=self.connection,
+            tenant=self.tenant,
+            default_language=self.values["DEFAULT_LANGUAGE"],
+        )
+        return Event(id=event_id, user=user, context=context)
+
+    def capture(self, instances: list[Any], session: Session) -> list[Event]:
+        """Called in ``after_flush``; must never make the flush fail."""
+        events = []
+        for instance in instances:
+            try:
+                events.append(self.snapshot(instance))
+            except Exception:
+                logger.exception(
+                    "flask-postreg could not capture a new %s; its hooks will not run",
+                    type(instance).__name__,
+                )
+        return events
+
+    # -- dispatch ----------------------------------------------------------
+
+    def hooks(self, *, include_disabled: bool = False) -> list[Hook]:
+        """Every hook for this app: decorated, built-in handlers, then receivers."""
+        values = self.values
+        found: dict[str, Hook] = {}
+        for hook in (*self.ext._hooks.values(), *self.handler_hooks.values()):
+            found.setdefault(hook.name, hook)
+        for receiver in post_user_registration.receivers_for(self.app):
+            name = "signal:" + hook_name(receiver)
+            found.setdefault(
+                name, Hook(name, _receiver_hook(receiver), source="receiver")
+            )
+        return [
+            h.settle(values["MAX_ATTEMPTS"], values["HOOK_TIMEOUT"])
+            for h in found.values()
+            if include_disabled or h.enabled
+        ]
+
+    def committed(self, events: list[Event]) -> None:
+        """The root transaction committed: start every hook for every event."""
+        hooks = self.hooks()
+        for event in events:
+            for hook in hooks:
+                self.start(Delivery(event=event, hook=hook))
+
+    def start(self, delivery: Delivery) -> None:
+        try:
+            accepted = self.backend.submit(delivery)
+        except Exception:
+            logger.exception(
+                "flask-postreg could not queue hook %s", delivery.hook.name
+            )
+            accepted = False
+        if not accepted:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.warning(
+                    "flask-postreg dropped hook %s for event %s: the queue is full"
+                    " (POSTREG_MAX_QUEUE=%d) or the pool is shut down; %d dropped so"
+                    " far. Use the database store to keep every delivery.",
+                    delivery.hook.name,
+                    delivery.event.id,
+                    self.values["MAX_QUEUE"],
+                    self.dropped,
+                )
+
+
+def _receiver_hook(receiver: Callable[..., Any]) -> Callable[[User, Any], Any]:
+    def call_receiver(user: User, context: Any) -> Any:
+        return receiver(current_app._get_current_object(), user=user, context=context)  # type: ignore[attr-defined]
+
+    return call_receiver
+
+
+class PostReg:
+    """Run hooks after a new user is committed, like Auth0's post-registration hooks.
+
+    ::
+
+        postreg = PostReg(app, db=db, user_model=User)
+
+        @postreg.hook
+        def notify(user, context):
+            ...
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        db: SQLAlchemy | None = None,
+        user_model: type | None = None,
+    ) -> None:
+        self.db = db
+        self.user_model = user_model
+        self._hooks: dict[str, Hook] = {}
+        self._states: weakref.WeakSet[_State] = weakref.WeakSet()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        db: SQLAlchemy | None = None,
+        user_model: type | None = None,
+    ) -> None:
+        """Register the extension on ``app``; config is read here, once."""
+        if "postreg" in app.extensions:
+            raise RuntimeError(
+                "A 'PostReg' instance has already been registered on this Flask app."
+                " Import and use that instance instead."
+            )
+        db = db if db is not None else self.db
+        user_model = user_model if user_model is not None else self.user_model
+        if db is None:
+            raise PostRegError(
+                "PostReg needs the app's Flask-SQLAlchemy object: pass it as"
+                " PostReg(app, db=db, user_model=User) or"
+                " postreg.init_app(app, db=db, user_model=User)."
+            )
+        if user_model is None or not isinstance(user_model, type):
+            raise PostRegError(
+                "PostReg needs the user model class whose new rows are"
+                " registrations: pass user_model=User to PostReg() or init_app()."
+            )
+        for key, spec in _config.KEYS.items():
+            app.config.setdefault(_config.PREFIX + key, spec.default)
+        values = _config.load(app.config)
+        state = _State(self, app, db, user_model, values)
+        configure_handlers(state)
+        app.extensions["postreg"] = state
+        self._states.add(state)
+        capture.install()
+
+    # -- hook registry -----------------------------------------------------
+
+    @overload
+    def hook(self, func: F) -> F: ...
+
+    @overload
+    def hook(
+        self,
+        func: None = None,
+        *,
+        name: str | None = None,
+        enabled: bool = True,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def hook(
+        self,
+        func: F | None = None,
+        *,
+        name: str | None = None,
+        enabled: bool = True,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register ``func(user, context)`` to run after each registration.
+
+        Use bare (``@postreg.hook``) or with options. ``name`` defaults to
+        ``"module:qualname"``; ``max_attempts`` and ``timeout`` default to
+        ``POSTREG_MAX_ATTEMPTS`` and ``POSTREG_HOOK_TIMEOUT``. Also takes a
+        callable object: ``postreg.hook(SlackNotifier(...))``.
+        """
+
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise TypeError(f"a hook must be callable, got {fn!r}")
+            if max_attempts is not None and max_attempts < 1:
+                raise ValueError("max_attempts must be >= 1")
+            if timeout is not None and timeout <= 0:
+                raise ValueError("timeout must be > 0 seconds")
+            hook = Hook(
+                name=name or hook_name(fn),
+                func=fn,
+                enabled=enabled,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                secrets=tuple(getattr(fn, "scrub_values", ()) or ()),
+            )
+            if hook.name in self._hooks:
+                raise ValueError(
+                    f"a hook named {hook.name!r} is already registered; pass"
+                    " name='...' to tell them apart"
+                )
+            self._hooks[hook.name] = hook
+            return fn
+
+        if func is not None:
+            return register(func)
+        return register
+
+    def remove_hook(self, name: str) -> None:
+        """Unregister a hook by name (KeyError if there is none)."""
+        del self._hooks[name]
+
+    # -- running -----------------------------------------------------------
+
+    def _state(self, app: Flask | None = None) -> _State:
+        if app is None:
+            if not has_app_context():
+                raise RuntimeError(
+                    "Working outside of application context: pass app=... or use"
+                    " 'with app.app_context():'."
+                )
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        assert app is not None
+        state = app.extensions.get("postreg")
+        if state is None or state.ext is not self:
+            raise RuntimeError(
+                "The current Flask app is not registered with this 'PostReg'"
+                " instance. Did you forget to call 'init_app', or did you import a"
+                " different instance?"
+            )
+        return state  # type: ignore[no-any-return]
+
+    def hooks(self, app: Flask | None = None) -> list[Hook]:
+        """The hooks that would run for ``app`` now, settled with its defaults."""
+        return self._state(app).hooks(include_disabled=True)
+
+    def emit(self, user: Any, *, app: Flask | None = None) -> Event:
+        """Run the hooks for ``user`` (a model instance or a :class:`User`) now.
+
+        For paths SQLAlchemy events cannot see (Core ``insert()``, ``bulk_*``):
+        call it after the commit. Returns the event (its id is the idempotency key).
+        """
+        state = self._state(app)
+        if isinstance(user, User):
+            event_id = new_event_id()
+            context = build_context(
+                event_id=event_id,
+                connection=state.connection,
+                tenant=state.tenant,
+                default_language=state.values["DEFAULT_LANGUAGE"],
+            )
+            event = Event(id=event_id, user=user, context=context)
+        elif isinstance(user, state.user_model):
+            event = state.snapshot(user)
+        else:
+            raise TypeError(
+                f"emit() takes a {state.user_model.__name__} instance or a"
+                f" flask_postreg.User, got {type(user).__name__}"
+            )
+        state.committed([event])
+        return event
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for every job dispatched so far in this process; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for state in list(self._states):
+            remaining = (
+                None if deadline is None else max(deadline - time.monotonic(), 0)
+            )
+            if not state.backend.join(remaining):
+                return False
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop every pool of this extension, letting jobs finish within ``timeout``."""
+        ok = True
+        for state in list(self._states):
+            ok = state.backend.shutdown(timeout) and ok
+        return ok
+
+    def states(self) -> Iterable[_State]:
+        return list(self._states)

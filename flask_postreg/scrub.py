@@ -1,0 +1,33 @@
+"""Remove secrets and personal data from text before it is logged or stored."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+_URL_SECRET = re.compile(
+    r"(https?://)[^\s/'\"<>]*(?:hooks\.slack\.com/services|/hooks?/|/webhooks?/)[^\s'\"<>]*",
+    re.IGNORECASE,
+)
+_URL_USERINFO = re.compile(r"(\w+://)[^\s/@'\"<>]+@")
+_TOKENS = re.compile(r"\b(?:xox[abposr]-[\w-]+|whsec_[\w+/=]+|Bearer\s+[\w.~+/=-]+)")
+
+MAX_MESSAGE = 500
+
+
+def scrub(
+    text: str, secrets: Iterable[str] = (), *, limit: int | None = MAX_MESSAGE
+) -> str:
+    """Replace known secret values, tokens, webhook URLs and e-mail addresses."""
+    for secret in sorted(
+        {s for s in secrets if s and len(s) >= 4}, key=len, reverse=True
+    ):
+        text = text.replace(secret, "[secret]")
+    text = _TOKENS.sub("[secret]", text)
+    text = _URL_SECRET.sub(r"\1[redacted-url]", text)
+    text = _URL_USERINFO.sub(r"\1[secret]@", text)
+    text = _EMAIL.sub("[email]", text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
