@@ -7,6 +7,7 @@ decides *what* an attempt is, so both behave the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as _dt
 import inspect
@@ -184,10 +185,8 @@ class Dispatcher:
         values = set(self._scrub_values)
         if delivery is not None:
             values.update(delivery.hook.secrets)
-        try:
+        with contextlib.suppress(Exception):  # a broken secrets callable
             values.update(str(v) for v in self.secrets().values() if v is not None)
-        except Exception:
-            pass
         return values
 
     def call(self, delivery: Delivery) -> tuple[BaseException | None, float]:

@@ -36,6 +36,7 @@ class FrozenDict(Mapping[str, Any]):
     """A read-only, picklable mapping; one hook cannot change what another sees."""
 
     __slots__ = ("_data",)
+    _data: dict[str, Any]
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_data", dict(data or {}))

@@ -68,7 +68,7 @@ class FieldMap:
     """How to read each ``User`` field from one model class (resolved once)."""
 
     def __init__(self, model: type, overrides: Mapping[str, Any] | None) -> None:
-        mapper = sa.inspect(model)
+        mapper: Any = sa.inspect(model)
         attrs = {prop.key for prop in mapper.column_attrs}
         attrs |= {name for name in dir(model) if not name.startswith("_")}
         self.getters: dict[str, Getter] = {}

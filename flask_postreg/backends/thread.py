@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -252,10 +253,8 @@ class ThreadBackend:
                 for _ in expired:
                     self._stuck += 1
                     if self._stuck <= self.max_workers * STUCK_FACTOR:
-                        try:
+                        with contextlib.suppress(RuntimeError):  # exiting
                             self._start(self._work, "worker")
-                        except RuntimeError:
-                            pass
                     else:
                         logger.error(
                             "flask-postreg: %d hook attempts are stuck past their"
