@@ -1,0 +1,241 @@
+"""DESIGN 4.1 and 4.2: a hook runs only for users committed by the outermost transaction."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from flask_postreg import User
+
+from .models import Account
+from .models import Post
+from .models import StaffAccount
+from .models import db
+
+
+def registered(app, postreg, recorder):
+    assert postreg.join(10)
+    return sorted(recorder.emails)
+
+
+def test_plain_commit_fires_once(app, postreg, recorder):
+    with app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()
+    assert registered(app, postreg, recorder) == ["ann@example.com"]
+    user, context = recorder.calls[0]
+    assert user.id is not None
+    assert context.event_id.startswith("evt_")
+
+
+def test_rollback_fires_nothing(app, postreg, recorder):
+    with app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.flush()
+        db.session.rollback()
+    assert registered(app, postreg, recorder) == []
+
+
+def test_integrity_error_on_duplicate_email(app, postreg, recorder):
+    with app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()
+        db.session.add(Account(email="ann@example.com"))
+        with pytest.raises(IntegrityError):
+            db.session.commit()
+        db.session.rollback()
+    assert registered(app, postreg, recorder) == ["ann@example.com"]
+
+
+def test_failing_flush_of_two_objects(app, postreg, recorder):
+    with app.app_context():
+        db.session.add(Account(email="taken@example.com"))
+        db.session.commit()
+        db.session.add_all(
+            [Account(email="new@example.com"), Account(email="taken@example.com")]
+        )
+        with pytest.raises(IntegrityError):
+            db.session.commit()
+        db.session.rollback()
+    assert registered(app, postreg, recorder) == ["taken@example.com"]
+
+
+def test_savepoint_rolled_back_outer_committed(app, postreg, recorder):
+    with app.app_context():
+        db.session.add(Account(email="outer@example.com"))
+        savepoint = db.session.begin_nested()
+        db.session.add(Account(email="inner@example.com"))
+        db.session.flush()
+        savepoint.rollback()
+        db.session.commit()
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Account)) == 1
+    assert registered(app, postreg, recorder) == ["outer@example.com"]
+
+
+def test_savepoint_released_outer_rolled_back(app, postreg, recorder):
+    with app.app_context():
+        with db.session.begin_nested():
+            db.session.add(Account(email="inner@example.com"))
+        db.session.rollback()
+    assert registered(app, postreg, recorder) == []
+
+
+def test_nested_and_sibling_savepoints(app, postreg, recorder):
+    with app.app_context():
+        db.session.add(Account(email="root@example.com"))
+        with db.session.begin_nested():  # released
+            db.session.add(Account(email="a@example.com"))
+            inner = db.session.begin_nested()
+            db.session.add(Account(email="a-inner-rolled-back@example.com"))
+            db.session.flush()
+            inner.rollback()
+            with db.session.begin_nested():  # released, inside a released one
+                db.session.add(Account(email="a-inner-kept@example.com"))
+        sibling = db.session.begin_nested()  # rolled back sibling
+        db.session.add(Account(email="b-rolled-back@example.com"))
+        db.session.flush()
+        sibling.rollback()
+        with db.session.begin_nested():  # released sibling
+            db.session.add(Account(email="c@example.com"))
+        db.session.commit()
+    assert registered(app, postreg, recorder) == [
+        "a-inner-kept@example.com",
+        "a@example.com",
+        "c@example.com",
+        "root@example.com",
+    ]
+
+
+def test_two_commits_in_one_session(app, postreg, recorder):
+    with app.app_context():
+        db.session.add(Account(email="first@example.com"))
+        db.session.commit()
+        db.session.add(Account(email="second@example.com"))
+        db.session.commit()
+    assert registered(app, postreg, recorder) == [
+        "first@example.com",
+        "second@example.com",
+    ]
+    ids = {ctx.event_id for _, ctx in recorder.calls}
+    assert len(ids) == 2
+
+
+def test_session_removed_without_commit(app, postreg, recorder):
+    with app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.flush()
+        db.session.remove()
+    assert registered(app, postreg, recorder) == []
+
+
+def test_request_without_commit_fires_nothing(app, postreg, recorder):
+    @app.post("/half")
+    def half():
+        db.session.add(Account(email="half@example.com"))
+        db.session.flush()
+        return "flushed"  # teardown removes the session: rollback
+
+    assert app.test_client().post("/half").status_code == 200
+    assert registered(app, postreg, recorder) == []
+
+
+def test_subclass_fires_other_model_does_not(app, postreg, recorder):
+    with app.app_context():
+        db.session.add(StaffAccount(email="staff@example.com"))
+        db.session.add(Post(title="hello"))
+        db.session.commit()
+        # Updating an existing user is not a registration.
+        account = db.session.scalar(sa.select(Account))
+        account.username = "renamed"
+        db.session.commit()
+    assert registered(app, postreg, recorder) == ["staff@example.com"]
+
+
+def test_five_apps_each_hook_called_once(make_app, tmp_path):
+    from flask import current_app
+
+    from flask_postreg import PostReg
+
+    shared = PostReg()
+    seen = []
+    shared.hook(
+        lambda user, ctx: seen.append((current_app.name, user.email)), name="seen"
+    )
+    apps = [
+        make_app(shared, name=f"tenant{i}", url=f"sqlite:///{tmp_path}/t{i}.db")[0]
+        for i in range(5)
+    ]
+    for app in apps:
+        with app.app_context():
+            db.session.add(Account(email=f"{app.name}@example.com"))
+            db.session.commit()
+    assert shared.join(10)
+    assert sorted(seen) == sorted((a.name, f"{a.name}@example.com") for a in apps)
+    tenants = {name for name, _ in seen}
+    assert len(tenants) == 5
+
+
+def test_app_without_extension_never_fires(make_app, tmp_path, postreg, recorder, app):
+    other, _ = make_app(extension=False, url=f"sqlite:///{tmp_path}/other.db")
+    with other.app_context():
+        db.session.add(Account(email="elsewhere@example.com"))
+        db.session.commit()
+    assert "postreg" not in other.extensions
+    assert registered(app, postreg, recorder) == []
+
+
+def test_listeners_installed_once_across_apps(make_app, tmp_path):
+    from sqlalchemy.orm import Session
+
+    from flask_postreg import capture
+
+    for i in range(3):
+        make_app(url=f"sqlite:///{tmp_path}/l{i}.db")
+    for name, fn in capture._LISTENERS:
+        assert sa.event.contains(Session, name, fn)
+    make_app(url=f"sqlite:///{tmp_path}/l9.db")
+    ours = [fn for fn in Session().dispatch.after_commit if fn is capture.after_commit]
+    assert len(ours) == 1
+
+
+def test_core_insert_fires_nothing_but_emit_does(app, postreg, recorder):
+    with app.app_context():
+        db.session.execute(sa.insert(Account), [{"email": "bulk@example.com"}])
+        db.session.commit()
+        assert postreg.join(10)
+        assert recorder.emails == []
+        account = db.session.scalar(
+            sa.select(Account).filter_by(email="bulk@example.com")
+        )
+        event = postreg.emit(account)
+        postreg.emit(User(id="u-9", email="plain@example.com"))
+    assert registered(app, postreg, recorder) == [
+        "bulk@example.com",
+        "plain@example.com",
+    ]
+    assert event.user.email == "bulk@example.com"
+
+
+def test_emit_rejects_other_objects(app, postreg):
+    with app.app_context(), pytest.raises(TypeError, match="Account instance"):
+        postreg.emit(Post(title="x"))
+
+
+def test_hook_can_register_a_user_itself(app, postreg, recorder):
+    """A hook inserting a user (a referral bonus account) fires hooks for it too."""
+
+    def refer(user, context):
+        if user.email == "ann@example.com":
+            db.session.add(Account(email="ann-referral@example.com"))
+            db.session.commit()
+
+    postreg.hook(refer, name="refer")
+    with app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()
+    assert postreg.join(10)
+    assert registered(app, postreg, recorder) == [
+        "ann-referral@example.com",
+        "ann@example.com",
+    ]

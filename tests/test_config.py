@@ -1,0 +1,101 @@
+"""init_app: defaults, validation, errors that say what to do."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from flask_postreg import ConfigError
+from flask_postreg import PostReg
+from flask_postreg import PostRegError
+from flask_postreg import config
+
+from .models import Account
+from .models import db
+
+
+@pytest.fixture
+def bare_app(tmp_path):
+    app = Flask("bare")
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/bare.db"
+    db.init_app(app)
+    return app
+
+
+def test_defaults_are_applied(bare_app):
+    postreg = PostReg(bare_app, db=db, user_model=Account)
+    assert bare_app.config["POSTREG_MAX_WORKERS"] == 4
+    assert bare_app.config["POSTREG_HOOK_TIMEOUT"] == 20.0
+    state = bare_app.extensions["postreg"]
+    assert state.tenant == "bare"
+    assert state.connection.id == "con_accounts"
+    assert state.connection.name == "Username-Password-Authentication"
+    postreg.shutdown()
+
+
+def test_unknown_key_names_the_closest(bare_app):
+    bare_app.config["POSTREG_MAX_WORKER"] = 3
+    with pytest.raises(ConfigError, match="Did you mean 'POSTREG_MAX_WORKERS'"):
+        PostReg(bare_app, db=db, user_model=Account)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("POSTREG_MAX_WORKERS", 0, "whole number >= 1"),
+        ("POSTREG_HOOK_TIMEOUT", "fast", "seconds > 0"),
+        ("POSTREG_BACKEND", "rq", "must be one of"),
+        ("POSTREG_RETRY_SCHEDULE", [], "non-empty list"),
+        ("POSTREG_SECRETS", "abc", "dict or a callable"),
+        ("POSTREG_USER_FIELDS", {"shoe_size": "x"}, "unknown field"),
+        ("POSTREG_USER_FIELDS", {"email": "password_hash"}, "credential"),
+        ("POSTREG_USER_FIELDS", {"email": "nope"}, "no such attribute"),
+    ],
+)
+def test_bad_values_are_clear_errors(bare_app, key, value, message):
+    bare_app.config[key] = value
+    with pytest.raises(ConfigError, match=message):
+        PostReg(bare_app, db=db, user_model=Account)
+
+
+def test_missing_db_or_model_says_what_to_pass(bare_app):
+    with pytest.raises(PostRegError, match="db=db"):
+        PostReg(bare_app, user_model=Account)
+    with pytest.raises(PostRegError, match="user_model=User"):
+        PostReg(bare_app, db=db)
+
+
+def test_second_registration_raises(bare_app):
+    postreg = PostReg(bare_app, db=db, user_model=Account)
+    with pytest.raises(RuntimeError, match="Import and use that instance instead"):
+        PostReg(bare_app, db=db, user_model=Account)
+    postreg.shutdown()
+
+
+def test_using_an_app_without_init_app(bare_app):
+    postreg = PostReg()
+    with bare_app.app_context(), pytest.raises(RuntimeError, match="init_app"):
+        postreg.emit(Account(email="a@b.c"))
+
+
+def test_every_key_is_documented_in_the_readme():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    for name in config.KEYS:
+        assert f"`POSTREG_{name}`" in readme, f"POSTREG_{name} is not in the README"
+
+
+def test_field_auto_detection(bare_app):
+    postreg = PostReg(bare_app, db=db, user_model=Account)
+    fields = bare_app.extensions["postreg"].field_map(Account)
+    assert set(fields.getters) == {
+        "id",
+        "username",
+        "email",
+        "email_verified",
+        "phone_number",
+        "user_metadata",
+        "app_metadata",
+    }
+    postreg.shutdown()

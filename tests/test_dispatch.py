@@ -1,0 +1,296 @@
+"""DESIGN 4.4: each (event, hook) is its own job; failures are isolated and retried."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import pytest
+from flask import current_app
+
+from flask_postreg import PermanentError
+from flask_postreg import RetryLater
+from flask_postreg import hook_failed
+from flask_postreg import hook_succeeded
+from flask_postreg import post_user_registration
+from flask_postreg.dispatch import RetryPolicy
+
+from .models import Account
+from .models import db
+
+
+def register(app, email="ann@example.com"):
+    with app.app_context():
+        db.session.add(Account(email=email, password_hash="pbkdf2:sha256:SECRET-HASH"))
+        db.session.commit()
+
+
+def outcomes(app, **filters):
+    return app.extensions["postreg"].store.recent(**filters)
+
+
+def test_failing_hook_does_not_stop_others_nor_the_request(
+    app, postreg, recorder, caplog
+):
+    def broken(user, context):
+        raise ValueError("CRM said no")
+
+    postreg.hook(broken, name="broken", max_attempts=1)
+
+    @app.post("/register")
+    def view():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()
+        return "created", 201
+
+    with caplog.at_level(logging.WARNING, logger="flask_postreg"):
+        assert app.test_client().post("/register").status_code == 201
+        assert postreg.join(10)
+    assert recorder.emails == ["ann@example.com"]
+    (dead,) = outcomes(app, hook="broken")
+    assert (dead.status, dead.attempt, dead.error_class) == ("dead", 1, "ValueError")
+    record = next(r for r in caplog.records if "broken" in r.getMessage())
+    assert record.levelno == logging.ERROR
+    assert dead.event_id in record.getMessage()
+    assert "CRM said no" in record.getMessage()
+
+
+def test_fails_twice_then_succeeds_in_three_attempts(app, postreg):
+    attempts = []
+
+    def flaky(user, context):
+        attempts.append(context.attempt)
+        if len(attempts) < 3:
+            raise ConnectionError("try again")
+
+    postreg.hook(flaky, name="flaky", max_attempts=5)
+    register(app)
+    assert postreg.join(10)
+    assert attempts == [1, 2, 3]
+    history = [(o.attempt, o.status) for o in reversed(outcomes(app, hook="flaky"))]
+    assert history == [(1, "pending"), (2, "pending"), (3, "succeeded")]
+
+
+def test_always_failing_hook_is_dead_after_max_attempts(app, postreg):
+    received = []
+    postreg.hook(lambda u, c: 1 / 0, name="zero", max_attempts=3)
+
+    def on_failed(sender, event, hook, attempt, error, final, **extra):
+        received.append((sender, hook, attempt, type(error).__name__, final))
+
+    with hook_failed.connected_to(on_failed, app):
+        register(app)
+        assert postreg.join(10)
+    assert received == [
+        (app, "zero", 1, "ZeroDivisionError", False),
+        (app, "zero", 2, "ZeroDivisionError", False),
+        (app, "zero", 3, "ZeroDivisionError", True),
+    ]
+    assert outcomes(app, hook="zero")[0].status == "dead"
+
+
+def test_permanent_error_is_dead_at_once(app, postreg):
+    postreg.hook(
+        lambda u, c: (_ for _ in ()).throw(PermanentError("gone")), name="gone"
+    )
+    register(app)
+    assert postreg.join(10)
+    (outcome,) = outcomes(app, hook="gone")
+    assert (outcome.status, outcome.attempt) == ("dead", 1)
+
+
+def test_event_id_is_stable_across_retries(app, postreg):
+    seen = []
+
+    def flaky(user, context):
+        seen.append(context.event_id)
+        if len(seen) < 2:
+            raise RetryLater("busy", retry_after=0)
+
+    postreg.hook(flaky, name="flaky")
+    register(app)
+    assert postreg.join(10)
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
+def test_succeeded_signal_and_app_context(app, postreg):
+    got = []
+
+    def hook(user, context):
+        got.append(current_app.name)
+
+    postreg.hook(hook, name="ctx")
+
+    def on_ok(sender, event, hook, attempt, duration, **extra):
+        got.append((sender, hook, attempt, duration >= 0))
+
+    with hook_succeeded.connected_to(on_ok, app):
+        register(app)
+        assert postreg.join(10)
+    assert got == [app.name, (app, "ctx", 1, True)]
+
+
+def test_blinker_receivers_run_in_the_pool(app, postreg, recorder):
+    got = []
+
+    def receiver(sender, user, context, **extra):
+        got.append((sender, user.email, threading.current_thread().name))
+
+    post_user_registration.connect(receiver, app)
+    try:
+        register(app)
+        assert postreg.join(10)
+    finally:
+        post_user_registration.disconnect(receiver, app)
+    assert got == [(app, "ann@example.com", got[0][2])]
+    assert got[0][2].startswith("postreg-worker")
+    names = [h.name for h in postreg.hooks(app)]
+    assert "recorder" in names
+
+
+def test_async_hooks_are_awaited(app, postreg):
+    done = []
+
+    async def notify(user, context):
+        await asyncio.sleep(0)
+        done.append(user.email)
+
+    postreg.hook(notify, name="async")
+    register(app)
+    assert postreg.join(10)
+    assert done == ["ann@example.com"]
+
+
+def test_hanging_hook_times_out_while_others_finish(make_app):
+    app, postreg = make_app(POSTREG_MAX_WORKERS=1, POSTREG_RETRY_SCHEDULE=[0])
+    release = threading.Event()
+    finished = []
+    postreg.hook(
+        lambda u, c: release.wait(30), name="hang", timeout=0.2, max_attempts=1
+    )
+    postreg.hook(lambda u, c: finished.append(u.email), name="quick")
+    try:
+        register(app, "a@example.com")
+        register(app, "b@example.com")
+        # One worker, and the first job hangs: only the watchdog's replacement
+        # worker lets the quick hooks finish.
+        assert postreg.join(10)
+        assert sorted(finished) == ["a@example.com", "b@example.com"]
+        timed_out = outcomes(app, hook="hang")
+        assert [o.error_class for o in timed_out] == ["HookTimeout", "HookTimeout"]
+        assert all(o.status == "dead" for o in timed_out)
+    finally:
+        release.set()
+
+
+def test_late_completion_does_not_overwrite_timeout(make_app):
+    app, postreg = make_app()
+    release = threading.Event()
+    returned = threading.Event()
+
+    def slow(user, context):
+        release.wait(30)
+        returned.set()
+
+    postreg.hook(slow, name="slow", timeout=0.1, max_attempts=1)
+    register(app)
+    assert postreg.join(10)
+    release.set()
+    assert returned.wait(10)
+    assert postreg.join(10)
+    assert [o.status for o in outcomes(app, hook="slow")] == ["dead"]
+
+
+def test_backpressure_drops_and_counts(make_app, caplog):
+    app, postreg = make_app(POSTREG_MAX_WORKERS=1, POSTREG_MAX_QUEUE=2)
+    gate = threading.Event()
+    started = threading.Event()
+
+    def blocking(user, context):
+        started.set()
+        gate.wait(30)
+
+    postreg.hook(blocking, name="blocking")
+    with caplog.at_level(logging.WARNING, logger="flask_postreg"):
+        register(app, "first@example.com")
+        assert started.wait(10)  # the worker is busy; now the queue fills
+        for i in range(5):
+            register(app, f"u{i}@example.com")
+    state = app.extensions["postreg"]
+    assert state.dropped == 3
+    assert any("queue is full" in r.getMessage() for r in caplog.records)
+    gate.set()
+    assert postreg.join(10)
+    assert len(outcomes(app, hook="blocking")) == 3
+
+
+def test_sync_backend_runs_inline_and_commit_never_raises(make_app):
+    app, postreg = make_app(POSTREG_BACKEND="sync")
+    seen = []
+    postreg.hook(
+        lambda u, c: seen.append(threading.current_thread().name), name="inline"
+    )
+    postreg.hook(lambda u, c: 1 / 0, name="boom", max_attempts=2)
+    register(app)  # would raise here if a hook's error leaked into commit()
+    assert seen == [threading.current_thread().name]
+    assert [o.attempt for o in outcomes(app, hook="boom")] == [2, 1]
+
+
+def test_disabled_hook_does_not_run(app, postreg, recorder):
+    ran = []
+    postreg.hook(lambda u, c: ran.append(1), name="off", enabled=False)
+    register(app)
+    assert postreg.join(10)
+    assert ran == [] and recorder.emails == ["ann@example.com"]
+
+
+def test_hooks_get_secrets_which_are_never_logged(make_app, caplog):
+    app, postreg = make_app(POSTREG_SECRETS={"CRM_TOKEN": "tok-very-secret-123"})
+
+    def uses_secret(user, context):
+        raise RuntimeError(f"CRM rejected token {context.secrets['CRM_TOKEN']}")
+
+    postreg.hook(uses_secret, name="crm", max_attempts=1)
+    with caplog.at_level(logging.DEBUG):
+        register(app)
+        assert postreg.join(10)
+    assert "tok-very-secret-123" not in caplog.text
+    (outcome,) = outcomes(app, hook="crm")
+    assert "tok-very-secret-123" not in outcome.error
+    assert "[secret]" in outcome.error
+
+
+def test_duplicate_hook_name_is_refused(postreg):
+    postreg.hook(lambda u, c: None, name="x")
+    with pytest.raises(ValueError, match="already registered"):
+        postreg.hook(lambda u, c: None, name="x")
+
+
+def test_default_hook_name_is_module_and_qualname(postreg, app):
+    @postreg.hook
+    def welcome(user, context):
+        pass
+
+    assert (
+        "tests.test_dispatch:test_default_hook_name_is_module_and_qualname.<locals>.welcome"
+        in [h.name for h in postreg.hooks(app)]
+    )
+
+
+class TestRetryPolicy:
+    def test_schedule_with_jitter_bounds(self):
+        low = RetryPolicy([5, 300], rand=lambda: 0.0)
+        high = RetryPolicy([5, 300], rand=lambda: 1.0)
+        mid = RetryPolicy([5, 300], rand=lambda: 0.5)
+        assert low.delay(1) == pytest.approx(4.0)
+        assert high.delay(1) == pytest.approx(6.0)
+        assert mid.delay(2) == pytest.approx(300.0)
+        # The last step repeats.
+        assert mid.delay(7) == pytest.approx(300.0)
+
+    def test_retry_after_is_honoured_but_capped(self):
+        policy = RetryPolicy([5, 60], rand=lambda: 0.5)
+        assert policy.delay(1, retry_after=30) == 30
+        assert policy.delay(1, retry_after=10_000) == 60
+        assert policy.delay(1, retry_after=-3) == 0

@@ -1,0 +1,46 @@
+"""DESIGN 4.6: a forked child (gunicorn --preload) runs its own hooks."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+from .models import Account
+from .models import db
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_runs_its_own_hooks(app, postreg, recorder, tmp_path):
+    marker = tmp_path / "child.txt"
+
+    def child_hook(user, context):
+        if os.getpid() != parent:
+            marker.write_text(f"{os.getpid()} {user.email}")
+
+    parent = os.getpid()
+    postreg.hook(child_hook, name="child")
+    with app.app_context():  # start the parent's pool first
+        db.session.add(Account(email="parent@example.com"))
+        db.session.commit()
+    assert postreg.join(10)
+
+    with warnings.catch_warnings():  # 3.12+ warns about fork() with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: register, wait for its own pool, report by exit code
+        code = 1
+        try:
+            with app.app_context():
+                db.engine.dispose(close=False)
+                db.session.add(Account(email="child@example.com"))
+                db.session.commit()
+            code = 0 if postreg.join(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    child_pid, email = marker.read_text().split()
+    assert int(child_pid) == pid and email == "child@example.com"
+    assert recorder.emails == ["parent@example.com"]

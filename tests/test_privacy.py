@@ -1,0 +1,89 @@
+"""DESIGN 4.3: hooks get plain allow-listed data; no password hash reaches anything."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from .models import Account
+from .models import db
+
+HASH = "pbkdf2:sha256:600000$NaCl$0123456789abcdef-HASH"
+
+
+def test_no_password_hash_in_payloads_or_logs(app, postreg, recorder, caplog):
+    def fails(user, context):
+        raise RuntimeError(f"could not sync {user.email}")
+
+    postreg.hook(fails, name="fails", max_attempts=2)
+    with caplog.at_level(logging.DEBUG):
+        with app.app_context():
+            db.session.add(
+                Account(
+                    email="ann@example.com",
+                    password_hash=HASH,
+                    user_metadata={"hobby": "surfing"},
+                    app_metadata={"plan": "full"},
+                )
+            )
+            db.session.commit()
+        assert postreg.join(10)
+    (user, context), *_ = recorder.calls
+    payload = json.dumps({"user": user.to_dict(), "context": context.to_dict()})
+    assert HASH not in payload and "password" not in payload
+    assert HASH not in repr(user)
+    assert HASH not in caplog.text
+    # Personal data stays out of log lines and stored errors too.
+    assert "ann@example.com" not in caplog.text
+    for outcome in app.extensions["postreg"].store.recent():
+        assert "ann@example.com" not in (outcome.error or "")
+    assert user.user_metadata == {"hobby": "surfing"}
+    assert user.app_metadata == {"plan": "full"}
+
+
+def test_hooks_receive_frozen_data_not_orm_instances(app, postreg, recorder):
+    with app.app_context():
+        account = Account(email="ann@example.com", username="ann", email_verified=True)
+        db.session.add(account)
+        db.session.commit()
+        account_id = account.id
+    assert postreg.join(10)
+    ((user, _),) = recorder.calls
+    assert type(user).__name__ == "User"
+    assert user.id == str(account_id)
+    assert (user.username, user.email_verified) == ("ann", True)
+    assert user.tenant == app.name
+
+
+def test_a_field_that_raises_loses_nothing(make_app, caplog):
+    def broken(instance):
+        raise LookupError("no phone service")
+
+    app, postreg = make_app(POSTREG_USER_FIELDS={"phone_number": broken})
+    seen = []
+    postreg.hook(lambda u, c: seen.append(u), name="seen")
+    with caplog.at_level(logging.ERROR, logger="flask_postreg"), app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()  # the registration is not lost
+    assert postreg.join(10)
+    assert seen[0].email == "ann@example.com" and seen[0].phone_number is None
+    assert "phone_number" in caplog.text and "POSTREG_USER_FIELDS" in caplog.text
+
+
+def test_odd_metadata_values_are_made_json_safe(make_app):
+    import datetime as dt
+    import decimal
+
+    meta = {"when": dt.date(2026, 1, 2), "price": decimal.Decimal("1.50"), "set": {1}}
+    app, postreg = make_app(POSTREG_USER_FIELDS={"user_metadata": lambda i: meta})
+    seen = []
+    postreg.hook(lambda u, c: seen.append(u), name="seen")
+    with app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()
+    assert postreg.join(10)
+    assert json.loads(json.dumps(seen[0].to_dict()))["user_metadata"] == {
+        "when": "2026-01-02",
+        "price": "1.50",
+        "set": [1],
+    }
