@@ -1,8 +1,9 @@
 """SQLAlchemy session listeners: see new users at flush, release them at commit.
 
 ``after_flush``  snapshots each new instance of the app's user model (subclasses
-                 too) into an :class:`~flask_postreg.Event`, keyed by the innermost
-                 transaction (savepoint or root).
+                 too) into an :class:`~flask_postreg.Event` (in database mode also
+                 writing its outbox rows on the flush's connection), keyed by the
+                 innermost transaction (savepoint or root).
 ``after_commit`` on a savepoint release moves its events to the parent; on the
                  root commit hands them to the app's dispatcher. Never raises.
 ``after_transaction_end`` drops what is still keyed on an ended transaction:
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
 
 if TYPE_CHECKING:
-    from .events import Event
+    from .dispatch import Delivery
     from .extension import _State
 
 logger = logging.getLogger("flask_postreg")
@@ -35,7 +36,7 @@ logger = logging.getLogger("flask_postreg")
 _PENDING = "flask_postreg.pending"
 _install_lock = threading.Lock()
 
-Pending = dict[SessionTransaction, list[tuple["_State", "Event"]]]
+Pending = dict[SessionTransaction, list[tuple["_State", "Delivery"]]]
 
 
 def _state() -> _State | None:
@@ -55,14 +56,14 @@ def after_flush(session: Session, flush_context: Any) -> None:
     new = [obj for obj in session.new if isinstance(obj, model)]
     if not new:
         return
-    events = state.capture(new, session)
-    if not events:
+    deliveries = state.capture(new, session)
+    if not deliveries:
         return
     transaction = session.get_nested_transaction() or session.get_transaction()
     if transaction is None:  # pragma: no cover - a flush always has one
         return
     pending: Pending = session.info.setdefault(_PENDING, {})
-    pending.setdefault(transaction, []).extend((state, e) for e in events)
+    pending.setdefault(transaction, []).extend((state, d) for d in deliveries)
 
 
 def after_commit(session: Session) -> None:
@@ -77,12 +78,12 @@ def after_commit(session: Session) -> None:
                 pending.setdefault(nested.parent, []).extend(moved)
             return
         session.info.pop(_PENDING, None)
-        by_state: dict[int, tuple[_State, list[Event]]] = {}
+        by_state: dict[int, tuple[_State, list[Delivery]]] = {}
         for items in pending.values():
-            for state, ev in items:
-                by_state.setdefault(id(state), (state, []))[1].append(ev)
-        for state, events in by_state.values():
-            state.committed(events)
+            for state, delivery in items:
+                by_state.setdefault(id(state), (state, []))[1].append(delivery)
+        for state, deliveries in by_state.values():
+            state.committed(deliveries)
     except Exception:  # commit() must not raise for us: the row is committed
         logger.exception("flask-postreg could not hand committed registrations over")
 

@@ -194,6 +194,20 @@ register(
     _positive_int,
 )
 register(
+    "POLL_INTERVAL",
+    5.0,
+    "Database store: seconds between polls for due retries, expired leases (a"
+    " crashed process) and hook enable/disable changes.",
+    _positive_float,
+)
+register(
+    "RETENTION_DAYS",
+    7.0,
+    "Database store: succeeded deliveries (and their events) older than this are"
+    " pruned by the poller.",
+    _positive_float,
+)
+register(
     "ENABLED",
     True,
     "Set False to capture nothing and run no hook (for example in some tests).",

@@ -93,10 +93,13 @@ class Delivery:
     event: Event
     hook: Hook
     attempt: int = 1
-    row_id: int | None = None
+    row_id: str | None = None
+    claim: int = 0
+    lease_until: float | None = None
 
     def next(self) -> Delivery:
-        return dataclasses.replace(self, attempt=self.attempt + 1)
+        """The next attempt: in database mode it must claim its row again."""
+        return dataclasses.replace(self, attempt=self.attempt + 1, lease_until=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +115,8 @@ class Outcome:
     error_class: str | None = None
     error: str | None = None
     retry_in: float | None = None
-    row_id: int | None = None
+    row_id: str | None = None
+    claim: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -189,6 +193,20 @@ class Dispatcher:
             values.update(str(v) for v in self.secrets().values() if v is not None)
         return values
 
+    def prepare(self, delivery: Delivery) -> Delivery | None:
+        """Take the delivery's lease (database mode); None: someone else has it."""
+        try:
+            return self.store.prepare(delivery)
+        except Exception as exc:
+            logger.error(
+                "flask-postreg could not claim hook %s for event %s (%s); the poller"
+                " will run it later",
+                delivery.hook.name,
+                delivery.event.id,
+                type(exc).__name__,
+            )
+            return None
+
     def call(self, delivery: Delivery) -> tuple[BaseException | None, float]:
         """Run the hook once in a fresh app context; return (error or None, seconds)."""
         start = time.perf_counter()
@@ -222,6 +240,7 @@ class Dispatcher:
                 duration=duration,
                 finished_at=now,
                 row_id=delivery.row_id,
+                claim=delivery.claim,
             )
             logger.debug(
                 "hook %s succeeded for event %s (attempt %d, %.3fs)",
@@ -253,6 +272,7 @@ class Dispatcher:
                 error=message,
                 retry_in=retry_in,
                 row_id=delivery.row_id,
+                claim=delivery.claim,
             )
             self._log_failure(delivery, error, outcome, secrets)
         self._signal(delivery, error, outcome)

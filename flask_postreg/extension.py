@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import threading
 import time
 import weakref
@@ -13,12 +15,14 @@ from typing import Any
 from typing import TypeVar
 from typing import overload
 
+import sqlalchemy as sa
 from flask import Flask
 from flask import current_app
 from flask import has_app_context
 
 from . import capture
 from . import config as _config
+from . import forksafe
 from .backends import Backend
 from .backends import create as create_backend
 from .dispatch import Delivery
@@ -32,12 +36,15 @@ from .events import Event
 from .events import User
 from .events import new_event_id
 from .handlers import configure as configure_handlers
+from .poller import Poller
 from .signals import post_user_registration
 from .snapshot import FieldMap
 from .snapshot import build_context
 from .snapshot import build_user
 from .store import MemoryStore
 from .store import Store
+from .store.database import DatabaseStore
+from .store.tables import tables_for
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -80,7 +87,26 @@ class _State:
         self.field_map(user_model)  # fail early on a bad POSTREG_USER_FIELDS
         self.handler_hooks: dict[str, Hook] = {}
         self.dropped = 0
-        self.store: Store = MemoryStore(values["HISTORY_SIZE"])
+        self.overflow: list[str] = []
+        self._overflow_lock = threading.Lock()
+        self.settings: dict[str, bool] = {}
+        self._settings_at = 0.0
+        self.bind_key: str | None = user_model.metadata.info.get("bind_key")  # type: ignore[attr-defined]
+        self.store_name = values["STORE"] or self._default_store()
+        self.store: Store
+        self.poller: Poller | None = None
+        if self.store_name == "database":
+            tables = tables_for(user_model.metadata)  # type: ignore[attr-defined]
+            self.store = DatabaseStore(
+                app,
+                db,
+                tables,
+                bind_key=self.bind_key,
+                history_size=values["HISTORY_SIZE"],
+            )
+            self.poller = Poller(self, self.store)
+        else:
+            self.store = MemoryStore(values["HISTORY_SIZE"])
         self.dispatcher = Dispatcher(
             app,
             policy=RetryPolicy(values["RETRY_SCHEDULE"]),
@@ -88,8 +114,65 @@ class _State:
             store=self.store,
         )
         self.backend: Backend = create_backend(
-            values["BACKEND"], self.dispatcher, values
+            values["BACKEND"],
+            self.dispatcher,
+            values,
+            background=None if self.poller is None else self.poller.run,
         )
+        self._started_pid = 0
+        forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        self._field_lock = threading.Lock()
+        self._overflow_lock = threading.Lock()
+        self.overflow = []
+
+    def _default_store(self) -> str:
+        """``database`` unless the database is in-memory SQLite (nothing to keep)."""
+        with self.app.app_context():
+            url = self.db.engines[self.bind_key].url
+        in_memory = url.get_backend_name() == "sqlite" and (
+            url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+        )
+        return "memory" if in_memory else "database"
+
+    @property
+    def durable(self) -> bool:
+        return self.store.durable
+
+    def start(self) -> None:
+        """Start the pool (and poller) in this process if not yet running."""
+        if self._started_pid != os.getpid():
+            self._started_pid = os.getpid()
+            self.backend.start()
+
+    def tables_ready(self) -> bool:
+        """Database mode: are the outbox tables there (checked once per engine)?"""
+        if not isinstance(self.store, DatabaseStore):
+            return False
+        with self.store.engine.connect() as conn:
+            return self.store.tables_present(conn)
+
+    def take_overflow(self) -> list[str]:
+        """Rows the queue refused since the last poll (database mode)."""
+        with self._overflow_lock:
+            taken, self.overflow = self.overflow, []
+        return taken
+
+    def refresh_settings(self, *, force: bool = True) -> None:
+        """Reload run-time enable/disable switches from the store."""
+        now = time.monotonic()
+        if not force and now - self._settings_at < self.values["POLL_INTERVAL"]:
+            return
+        self._settings_at = now
+        try:
+            if self.store.durable and not self.tables_ready():
+                return
+            self.settings = self.store.hook_settings()
+        except Exception as exc:
+            logger.error(
+                "flask-postreg could not read hook settings (%s)", type(exc).__name__
+            )
 
     # -- capture -----------------------------------------------------------
 
@@ -113,8 +196,9 @@ class _State:
         )
         return Event(id=event_id, user=user, context=context)
 
-    def capture(self, instances: list[Any], session: Session) -> list[Event]:
-        """Called in ``after_flush``; must never make the flush fail."""
+    def capture(self, instances: list[Any], session: Session) -> list[Delivery]:
+        """Called in ``after_flush``: snapshot, and in database mode write the outbox
+        rows on the flush's own connection (same transaction)."""
         events = []
         for instance in instances:
             try:
@@ -124,7 +208,15 @@ class _State:
                     "flask-postreg could not capture a new %s; its hooks will not run",
                     type(instance).__name__,
                 )
-        return events
+        if not events:
+            return []
+        hooks = self.hooks()
+        if isinstance(self.store, DatabaseStore):
+            mapper: Any = sa.inspect(self.user_model)
+            connection = session.connection(bind_arguments={"mapper": mapper})
+            if self.store.tables_present(connection):
+                return self.store.write(connection, events, hooks)
+        return [Delivery(event=e, hook=h) for e in events for h in hooks]
 
     # -- dispatch ----------------------------------------------------------
 
@@ -139,20 +231,23 @@ class _State:
             found.setdefault(
                 name, Hook(name, _receiver_hook(receiver), source="receiver")
             )
-        return [
-            h.settle(values["MAX_ATTEMPTS"], values["HOOK_TIMEOUT"])
-            for h in found.values()
-            if include_disabled or h.enabled
-        ]
+        settled = []
+        for hook in found.values():
+            enabled = self.settings.get(hook.name, hook.enabled)
+            if enabled != hook.enabled:
+                hook = dataclasses.replace(hook, enabled=enabled)
+            if include_disabled or hook.enabled:
+                settled.append(
+                    hook.settle(values["MAX_ATTEMPTS"], values["HOOK_TIMEOUT"])
+                )
+        return settled
 
-    def committed(self, events: list[Event]) -> None:
-        """The root transaction committed: start every hook for every event."""
-        hooks = self.hooks()
-        for event in events:
-            for hook in hooks:
-                self.start(Delivery(event=event, hook=hook))
+    def committed(self, deliveries: list[Delivery]) -> None:
+        """The root transaction committed: start every delivery now."""
+        for delivery in deliveries:
+            self.submit(delivery)
 
-    def start(self, delivery: Delivery) -> None:
+    def submit(self, delivery: Delivery) -> None:
         try:
             accepted = self.backend.submit(delivery)
         except Exception:
@@ -160,6 +255,10 @@ class _State:
                 "flask-postreg could not queue hook %s", delivery.hook.name
             )
             accepted = False
+        if not accepted and delivery.row_id is not None:
+            with self._overflow_lock:  # the poller releases its lease next round
+                self.overflow.append(delivery.row_id)
+            return
         if not accepted:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -243,6 +342,15 @@ class PostReg:
         app.extensions["postreg"] = state
         self._states.add(state)
         capture.install()
+        app.before_request(state.start)
+
+    def start(self, app: Flask | None = None) -> None:
+        """Start the pool and, in database mode, the poller now in this process.
+
+        They otherwise start with the first registration or request; call this in
+        a process that should pick up pending deliveries without either.
+        """
+        self._state(app).start()
 
     # -- hook registry -----------------------------------------------------
 
@@ -355,7 +463,13 @@ class PostReg:
                 f"emit() takes a {state.user_model.__name__} instance or a"
                 f" flask_postreg.User, got {type(user).__name__}"
             )
-        state.committed([event])
+        hooks = state.hooks()
+        deliveries = [Delivery(event=event, hook=h) for h in hooks]
+        if isinstance(state.store, DatabaseStore):
+            with state.store.engine.begin() as conn:
+                if state.store.tables_present(conn):
+                    deliveries = state.store.write(conn, [event], hooks)
+        state.committed(deliveries)
         return event
 
     def join(self, timeout: float | None = None) -> bool:

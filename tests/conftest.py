@@ -54,10 +54,17 @@ def db_url(tmp_path: Any) -> str:
 
 @pytest.fixture
 def make_app(
-    tmp_path: Any, db_url: str
+    request: pytest.FixtureRequest, tmp_path: Any, db_url: str
 ) -> Iterator[Callable[..., tuple[Flask, PostReg]]]:
-    """Build apps sharing the test's database; each gets its own PostReg unless given."""
+    """Build apps sharing the test's database; each gets its own PostReg unless given.
+
+    Tests marked ``savepoints`` get SQLAlchemy's pysqlite SAVEPOINT recipe. Only
+    they do: the recipe also makes a SELECT open the transaction, so a later write
+    in it fails at once ("database is locked") whenever another connection writes,
+    instead of waiting as default pysqlite does.
+    """
     made: list[tuple[Flask, PostReg]] = []
+    savepoints = request.node.get_closest_marker("savepoints") is not None
 
     def factory(
         postreg: PostReg | None = None,
@@ -82,7 +89,7 @@ def make_app(
         if extension:
             postreg.init_app(app, db=db, user_model=Account)
         with app.app_context():
-            if db.engine.dialect.name == "sqlite":
+            if savepoints and db.engine.dialect.name == "sqlite":
                 sqlite_savepoint_recipe(db.engine)
             db.create_all()
         made.append((app, postreg))

@@ -61,6 +61,7 @@ def test_failing_flush_of_two_objects(app, postreg, recorder):
     assert registered(app, postreg, recorder) == ["taken@example.com"]
 
 
+@pytest.mark.savepoints
 def test_savepoint_rolled_back_outer_committed(app, postreg, recorder):
     with app.app_context():
         db.session.add(Account(email="outer@example.com"))
@@ -73,6 +74,7 @@ def test_savepoint_rolled_back_outer_committed(app, postreg, recorder):
     assert registered(app, postreg, recorder) == ["outer@example.com"]
 
 
+@pytest.mark.savepoints
 def test_savepoint_released_outer_rolled_back(app, postreg, recorder):
     with app.app_context():
         with db.session.begin_nested():
@@ -81,6 +83,7 @@ def test_savepoint_released_outer_rolled_back(app, postreg, recorder):
     assert registered(app, postreg, recorder) == []
 
 
+@pytest.mark.savepoints
 def test_nested_and_sibling_savepoints(app, postreg, recorder):
     with app.app_context():
         db.session.add(Account(email="root@example.com"))

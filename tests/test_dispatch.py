@@ -202,8 +202,10 @@ def test_late_completion_does_not_overwrite_timeout(make_app):
     assert [o.status for o in outcomes(app, hook="slow")] == ["dead"]
 
 
-def test_backpressure_drops_and_counts(make_app, caplog):
-    app, postreg = make_app(POSTREG_MAX_WORKERS=1, POSTREG_MAX_QUEUE=2)
+def test_backpressure_drops_and_counts_in_memory_mode(make_app, caplog):
+    app, postreg = make_app(
+        POSTREG_MAX_WORKERS=1, POSTREG_MAX_QUEUE=2, POSTREG_STORE="memory"
+    )
     gate = threading.Event()
     started = threading.Event()
 
@@ -294,3 +296,33 @@ class TestRetryPolicy:
         assert policy.delay(1, retry_after=30) == 30
         assert policy.delay(1, retry_after=10_000) == 60
         assert policy.delay(1, retry_after=-3) == 0
+
+
+def test_backpressure_in_database_mode_loses_nothing(make_app):
+    app, postreg = make_app(
+        POSTREG_MAX_WORKERS=1, POSTREG_MAX_QUEUE=2, POSTREG_POLL_INTERVAL=0.05
+    )
+    gate = threading.Event()
+    started = threading.Event()
+    seen = []
+    all_seen = threading.Event()
+
+    def blocking(user, context):
+        started.set()
+        gate.wait(30)
+        seen.append(user.email)
+        if len(seen) == 6:
+            all_seen.set()
+
+    postreg.hook(blocking, name="blocking")
+    register(app, "first@example.com")
+    assert started.wait(10)
+    for i in range(5):
+        register(app, f"u{i}@example.com")
+    assert app.extensions["postreg"].dropped == 0
+    gate.set()
+    assert all_seen.wait(20), seen  # the poller ran what the queue refused
+    assert postreg.join(10)
+    assert sorted(seen) == sorted(
+        ["first@example.com"] + [f"u{i}@example.com" for i in range(5)]
+    )

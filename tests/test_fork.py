@@ -37,6 +37,10 @@ def test_forked_child_runs_its_own_hooks(app, postreg, recorder, tmp_path):
                 db.session.add(Account(email="child@example.com"))
                 db.session.commit()
             code = 0 if postreg.join(10) else 2
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)

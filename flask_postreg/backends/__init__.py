@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import Protocol
@@ -19,12 +20,21 @@ class Backend(Protocol):
 
     def queued(self) -> int: ...
 
+    def start(self) -> bool: ...
+
+    def capacity(self) -> int: ...
+
     def join(self, timeout: float | None = None) -> bool: ...
 
     def shutdown(self, timeout: float | None = None) -> bool: ...
 
 
-def create(name: str, dispatcher: Any, values: dict[str, Any]) -> Backend:
+def create(
+    name: str,
+    dispatcher: Any,
+    values: dict[str, Any],
+    background: Callable[[Any], None] | None = None,
+) -> Backend:
     """Build the configured backend; optional ones are imported only when used."""
     if name == "sync":
         from .sync import SyncBackend
@@ -37,4 +47,5 @@ def create(name: str, dispatcher: Any, values: dict[str, Any]) -> Backend:
         max_workers=values["MAX_WORKERS"],
         max_queue=values["MAX_QUEUE"],
         shutdown_timeout=values["SHUTDOWN_TIMEOUT"],
+        background=background,
     )

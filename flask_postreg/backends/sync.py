@@ -26,16 +26,25 @@ class SyncBackend:
 
     def submit(self, delivery: Delivery) -> bool:
         while True:
-            error, duration = self.dispatcher.call(delivery)
-            outcome = self.dispatcher.finish(delivery, error, duration)
-            if outcome.retry_in is None or self.dispatcher.store.durable:
+            prepared = self.dispatcher.prepare(delivery)
+            if prepared is None:
                 return True
-            delivery = delivery.next()
+            error, duration = self.dispatcher.call(prepared)
+            outcome = self.dispatcher.finish(prepared, error, duration)
+            if outcome.retry_in is None:
+                return True
+            delivery = prepared.next()
 
     def schedule(self, delivery: Delivery, delay: float) -> bool:
         return self.submit(delivery)
 
     def queued(self) -> int:
+        return 0
+
+    def start(self) -> bool:
+        return True
+
+    def capacity(self) -> int:
         return 0
 
     def join(self, timeout: float | None = None) -> bool:

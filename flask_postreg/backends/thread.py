@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .. import forksafe
 from ..errors import HookTimeout
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class ThreadBackend:
         max_queue: int = 10000,
         shutdown_timeout: float = 10.0,
         on_done: Callable[[Delivery, Outcome], None] | None = None,
+        background: Callable[[ThreadBackend], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dispatcher = dispatcher
@@ -67,9 +69,11 @@ class ThreadBackend:
         self.max_queue = max_queue
         self.shutdown_timeout = shutdown_timeout
         self.on_done = on_done
+        self.background = background
         self.clock = clock
         self._reset()
         _POOLS.add(self)
+        forksafe.register(self)
 
     def _reset(self) -> None:
         self._cond = threading.Condition()
@@ -82,6 +86,7 @@ class ThreadBackend:
         self._workers = 0
         self._stuck = 0
         self._stopping = False
+        self._poller: threading.Thread | None = None
         self.started_threads = 0
 
     # -- public ------------------------------------------------------------
@@ -105,6 +110,23 @@ class ThreadBackend:
             self._pending += 1
             self._cond.notify_all()
         return True
+
+    def start(self) -> bool:
+        """Start the threads now (they otherwise start with the first job)."""
+        with self._cond:
+            return self._ensure_started()
+
+    def wait_stop(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` unless the pool stops; True once it is stopping."""
+        with self._cond:
+            if not self._stopping:
+                self._cond.wait_for(lambda: self._stopping, timeout)
+            return self._stopping or self._pid != os.getpid()
+
+    def capacity(self) -> int:
+        """Jobs the queue can still take."""
+        with self._cond:
+            return max(self.max_queue - len(self._queue), 0)
 
     @property
     def pending(self) -> int:
@@ -147,7 +169,11 @@ class ThreadBackend:
                 " mode they are not run (use the database store to keep them)",
                 dropped_retries,
             )
+        started = time.monotonic()
         done = self.join(timeout)
+        poller = self._poller
+        if poller is not None and poller is not threading.current_thread():
+            poller.join(max(timeout - (time.monotonic() - started), 0.1))
         if not done:
             logger.warning(
                 "flask-postreg shut down with %d deliveries unfinished after %.1fs",
@@ -169,6 +195,9 @@ class ThreadBackend:
             for _ in range(self.max_workers):
                 self._start(self._work, "worker")
             self._start(self._schedule_loop, "scheduler")
+            if self.background is not None:
+                background = self.background
+                self._poller = self._start(lambda: background(self), "poller")
         except RuntimeError:  # "can't create new thread at interpreter shutdown"
             self._stopping = True
             logger.warning(
@@ -177,7 +206,7 @@ class ThreadBackend:
             return False
         return True
 
-    def _start(self, target: Callable[[], None], role: str) -> None:
+    def _start(self, target: Callable[[], None], role: str) -> threading.Thread:
         thread = threading.Thread(
             target=target,
             name=f"postreg-{role}-{self.started_threads}",
@@ -187,6 +216,7 @@ class ThreadBackend:
         self.started_threads += 1
         if role == "worker":
             self._workers += 1
+        return thread
 
     def _push_timer(self, delivery: Delivery, delay: float) -> None:
         heapq.heappush(self._timers, (self.clock() + delay, next(self._seq), delivery))
@@ -207,6 +237,14 @@ class ThreadBackend:
                 running = _Running(delivery, self.clock() + timeout, timeout)
                 self._running[token] = running
                 self._cond.notify_all()
+            prepared = self.dispatcher.prepare(delivery)
+            if prepared is None:  # another worker or process holds it
+                with self._cond:
+                    self._running.pop(token, None)
+                    self._pending -= 1
+                    self._cond.notify_all()
+                continue
+            delivery = running.delivery = prepared
             error, duration = self.dispatcher.call(delivery)
             with self._cond:
                 self._running.pop(token, None)
@@ -218,7 +256,7 @@ class ThreadBackend:
     def _done(self, delivery: Delivery, outcome: Outcome) -> None:
         """After an attempt: plan its retry or count it finished."""
         retried = False
-        if outcome.retry_in is not None and not self.dispatcher.store.durable:
+        if outcome.retry_in is not None:
             with self._cond:
                 if not self._stopping:
                     self._push_timer(delivery.next(), outcome.retry_in)
@@ -285,11 +323,6 @@ class ThreadBackend:
 _POOLS: weakref.WeakSet[ThreadBackend] = weakref.WeakSet()
 
 
-def _reset_after_fork() -> None:
-    for pool in list(_POOLS):
-        pool._after_fork()
-
-
 def _shutdown_all() -> None:
     for pool in list(_POOLS):
         try:
@@ -298,5 +331,4 @@ def _shutdown_all() -> None:
             logger.exception("flask-postreg: error while shutting the pool down")
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
 atexit.register(_shutdown_all)

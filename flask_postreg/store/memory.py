@@ -1,47 +1,61 @@
-"""The in-process store: a bounded history of recent outcomes and counters."""
+"""The in-process store: a bounded history of recent outcomes and deliveries."""
 
 from __future__ import annotations
 
 import collections
+import datetime as _dt
 import threading
 from typing import TYPE_CHECKING
-from typing import Any
+
+from .. import forksafe
+from .base import DeliveryRecord
+from .base import Store
 
 if TYPE_CHECKING:
     from ..dispatch import Outcome
 
 
-class Store:
-    """What every store offers the dispatcher and the tooling."""
-
-    #: True when deliveries survive a restart (the poller owns retries then).
-    durable = False
-
-    def record(self, outcome: Outcome) -> None:
-        raise NotImplementedError
-
-    def recent(
-        self, *, status: str | None = None, hook: str | None = None, limit: int = 50
-    ) -> list[Outcome]:
-        raise NotImplementedError
-
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Attempts so far by (hook name, status)."""
-        raise NotImplementedError
-
-
 class MemoryStore(Store):
-    """Keeps the last ``size`` outcomes; memory stays bounded under any burst."""
+    """Keeps the last ``size`` outcomes and deliveries: bounded under any burst."""
+
+    name = "memory"
 
     def __init__(self, size: int = 1000) -> None:
+        self.size = size
         self._lock = threading.Lock()
+        forksafe.register(self)
         self._history: collections.deque[Outcome] = collections.deque(maxlen=size)
-        self._counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._deliveries: collections.OrderedDict[tuple[str, str], DeliveryRecord] = (
+            collections.OrderedDict()
+        )
+        self._settings: dict[str, bool] = {}
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def record(self, outcome: Outcome) -> None:
+        key = (outcome.event_id, outcome.hook)
         with self._lock:
             self._history.append(outcome)
-            self._counts[(outcome.hook, outcome.status)] += 1
+            old = self._deliveries.pop(key, None)
+            next_at = None
+            if outcome.retry_in is not None:
+                next_at = outcome.finished_at + _dt.timedelta(seconds=outcome.retry_in)
+            self._deliveries[key] = DeliveryRecord(
+                id=f"{outcome.event_id}:{outcome.hook}",
+                event_id=outcome.event_id,
+                hook=outcome.hook,
+                status=outcome.status,
+                attempts=outcome.attempt,
+                created_at=old.created_at if old else outcome.finished_at,
+                updated_at=outcome.finished_at,
+                next_attempt_at=next_at,
+                duration=outcome.duration,
+                error_class=outcome.error_class,
+                error=outcome.error,
+            )
+            while len(self._deliveries) > self.size:
+                self._deliveries.popitem(last=False)
 
     def recent(
         self, *, status: str | None = None, hook: str | None = None, limit: int = 50
@@ -56,12 +70,41 @@ class MemoryStore(Store):
             and (hook is None or o.hook == hook)
         ][:limit]
 
+    def deliveries(
+        self,
+        *,
+        status: str | None = None,
+        hook: str | None = None,
+        since: _dt.datetime | None = None,
+        until: _dt.datetime | None = None,
+        limit: int = 50,
+    ) -> list[DeliveryRecord]:
+        with self._lock:
+            items = list(self._deliveries.values())
+        items.reverse()
+        return [
+            d
+            for d in items
+            if (status is None or d.status == status)
+            and (hook is None or d.hook == hook)
+            and (since is None or (d.created_at is not None and d.created_at >= since))
+            and (until is None or (d.created_at is not None and d.created_at < until))
+        ][:limit]
+
     def counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
-            return dict(self._counts)
+            counter = collections.Counter(
+                (d.hook, d.status) for d in self._deliveries.values()
+            )
+        return dict(counter)
+
+    def hook_settings(self) -> dict[str, bool]:
+        with self._lock:
+            return dict(self._settings)
+
+    def set_enabled(self, hook: str, enabled: bool) -> None:
+        with self._lock:
+            self._settings[hook] = enabled
 
     def __repr__(self) -> str:
         return f"<MemoryStore {len(self._history)} outcomes>"
-
-    def stats(self) -> dict[str, Any]:
-        return {"history": len(self._history)}

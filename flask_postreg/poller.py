@@ -1,0 +1,64 @@
+"""The poller: in database mode, re-runs what is due and what a dead process left.
+
+One per process (started with the pool): every ``POSTREG_POLL_INTERVAL`` seconds it
+claims due retries and deliveries whose lease expired (a crashed or killed
+process), refreshes which hooks are disabled, and prunes old successes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+from typing import Any
+
+if TYPE_CHECKING:
+    from .extension import _State
+    from .store.database import DatabaseStore
+
+logger = logging.getLogger("flask_postreg")
+
+#: Deliveries claimed per round at most (more wait for the next round).
+BATCH = 200
+#: Seconds between prunes.
+PRUNE_EVERY = 3600.0
+
+
+class Poller:
+    def __init__(self, state: _State, store: DatabaseStore) -> None:
+        self.state = state
+        self.store = store
+        self._last_prune = 0.0
+
+    def run(self, backend: Any) -> None:
+        """The poller thread's loop; returns when the pool stops."""
+        while True:
+            try:
+                self.poll_once(backend)
+            except Exception as exc:
+                logger.error(
+                    "flask-postreg: poll failed (%s); will try again",
+                    type(exc).__name__,
+                )
+            if backend.wait_stop(self.state.values["POLL_INTERVAL"]):
+                return
+
+    def poll_once(self, backend: Any) -> int:
+        """One round: refresh settings, claim and submit due deliveries, maybe prune."""
+        self.state.refresh_settings()
+        if not self.state.tables_ready():
+            return 0
+        overflow = self.state.take_overflow()
+        if overflow:
+            self.store.release(overflow)
+        hooks = self.state.hooks()
+        limit = min(BATCH, backend.capacity())
+        started = 0
+        for delivery in self.store.claim_due(hooks, limit):
+            if backend.submit(delivery):
+                started += 1
+        now = time.monotonic()
+        if now - self._last_prune > PRUNE_EVERY:
+            self._last_prune = now
+            self.store.prune(self.state.values["RETENTION_DAYS"])
+        return started

@@ -1,0 +1,506 @@
+"""The durable store: an outbox in the app's own database.
+
+Write path: in the registration's own transaction (the flush's connection), one
+``postreg_events`` row per event and one ``postreg_deliveries`` row per enabled
+hook, two statements in all. The rows are *pre-leased* (status ``running``, a
+lease a little longer than the hook's timeout) so the backend starts them at once
+after the commit and no poller takes them meanwhile.
+
+Every later write is guarded by the row's ``claim`` token: a claim (poller, or an
+in-process retry) increments it, and an outcome is written only ``WHERE claim =``
+the token its attempt ran under, so a stale worker cannot overwrite a newer state.
+Outcomes finishing together are written in one transaction (group commit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import forksafe
+from ..dispatch import DEAD
+from ..dispatch import PENDING
+from ..dispatch import RUNNING
+from ..dispatch import SUCCEEDED
+from ..dispatch import Delivery
+from ..dispatch import Hook
+from ..events import Event
+from .base import DeliveryRecord
+from .base import Store
+from .base import to_datetime
+from .memory import MemoryStore
+from .tables import Tables
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from ..dispatch import Outcome
+
+logger = logging.getLogger("flask_postreg")
+
+#: Seconds a lease lasts beyond the hook's own timeout (queue wait, slow writes).
+LEASE_GRACE = 60.0
+
+
+def new_delivery_id() -> str:
+    return "dlv_" + uuid.uuid4().hex
+
+
+@dataclasses.dataclass(frozen=True)
+class Claimed:
+    """A delivery row this process now holds a lease on."""
+
+    id: str
+    event_id: str
+    hook: str
+    attempts: int
+    claim: int
+
+
+class DatabaseStore(Store):
+    """Outbox tables on the user model's bind; see the module docstring."""
+
+    durable = True
+    name = "database"
+
+    def __init__(
+        self,
+        app: Flask,
+        db: SQLAlchemy,
+        tables: Tables,
+        *,
+        bind_key: str | None = None,
+        history_size: int = 1000,
+    ) -> None:
+        self.app = app
+        self.db = db
+        self.t = tables
+        self.bind_key = bind_key
+        self.history = MemoryStore(history_size)
+        self._engine: sa.Engine | None = None
+        self._tables_ok: weakref.WeakKeyDictionary[sa.Engine, bool] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._after_fork()
+        forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._buffer: list[tuple[int, Outcome]] = []
+        self._ticket = 0
+        self._flushed = 0
+        self.history._after_fork()
+        if getattr(self, "_engine", None) is not None:
+            # The parent's pooled connections must not be shared with the child
+            # (SQLAlchemy's documented advice for forking).
+            self._engine.dispose(close=False)  # type: ignore[union-attr]
+
+    # -- plumbing ----------------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The user model's engine (resolved once, inside an app context)."""
+        if self._engine is None:
+            with self.app.app_context():
+                self._engine = self.db.engines[self.bind_key]
+        return self._engine
+
+    def tables_present(self, connection: sa.Connection) -> bool:
+        """Checked once per engine; if missing, say what to run and fall back."""
+        engine = connection.engine
+        ok = self._tables_ok.get(engine)
+        if ok is None:
+            inspector = sa.inspect(connection)
+            missing = [
+                t.name
+                for t in (self.t.events, self.t.deliveries)
+                if not inspector.has_table(t.name, schema=t.schema)
+            ]
+            ok = not missing
+            self._tables_ok[engine] = ok
+            if missing:
+                logger.error(
+                    "flask-postreg: table(s) %s missing in database %s. Create them"
+                    " with db.create_all() or a migration (flask db migrate && flask"
+                    " db upgrade). Until then this process runs hooks in memory: not"
+                    " durable across restarts.",
+                    ", ".join(missing),
+                    engine.url.render_as_string(hide_password=True),
+                )
+        return ok
+
+    # -- write path (in the registration's transaction) ---------------------
+
+    def write(
+        self,
+        connection: sa.Connection,
+        events: Sequence[Event],
+        hooks: Sequence[Hook],
+    ) -> list[Delivery]:
+        """Insert events and pre-leased deliveries; return the deliveries to start."""
+        now = time.time()
+        deliveries = []
+        event_rows = []
+        delivery_rows = []
+        for event in events:
+            event_rows.append(
+                {
+                    "id": event.id,
+                    "user_id": event.user.id,
+                    "payload": event.to_json(),
+                    "created_at": now,
+                    "run_id": None,
+                }
+            )
+            for hook in hooks:
+                lease = now + (hook.timeout or 0) + LEASE_GRACE
+                row_id = new_delivery_id()
+                delivery_rows.append(
+                    {
+                        "id": row_id,
+                        "event_id": event.id,
+                        "hook": hook.name,
+                        "status": RUNNING,
+                        "attempts": 1,
+                        "claim": 1,
+                        "locked_until": lease,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                deliveries.append(
+                    Delivery(
+                        event,
+                        hook,
+                        attempt=1,
+                        row_id=row_id,
+                        claim=1,
+                        lease_until=lease,
+                    )
+                )
+        if event_rows:
+            connection.execute(self.t.events.insert(), event_rows)
+        if delivery_rows:
+            connection.execute(self.t.deliveries.insert(), delivery_rows)
+        return deliveries
+
+    # -- run path ------------------------------------------------------------
+
+    def prepare(self, delivery: Delivery) -> Delivery | None:
+        """Just before an attempt: check or take the lease; None means skip it."""
+        if delivery.row_id is None:
+            return delivery
+        if delivery.attempt == 1 and delivery.claim == 1:
+            if delivery.lease_until is not None and time.time() > delivery.lease_until:
+                return None  # waited too long in the queue: the poller owns it now
+            return delivery
+        if delivery.lease_until is not None:  # claimed by the poller just now
+            return delivery
+        return self.claim_retry(delivery)
+
+    def claim_retry(self, delivery: Delivery) -> Delivery | None:
+        """Take a pending retry this process scheduled, unless another did first."""
+        d = self.t.deliveries
+        now = time.time()
+        lease = now + (delivery.hook.timeout or 0) + LEASE_GRACE
+        stmt = (
+            sa.update(d)
+            .where(
+                d.c.id == delivery.row_id,
+                d.c.claim == delivery.claim,
+                d.c.status == PENDING,
+            )
+            .values(
+                status=RUNNING,
+                attempts=d.c.attempts + 1,
+                claim=d.c.claim + 1,
+                locked_until=lease,
+                updated_at=now,
+            )
+            .returning(d.c.attempts, d.c.claim)
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return dataclasses.replace(
+            delivery, attempt=row.attempts, claim=row.claim, lease_until=lease
+        )
+
+    def release(self, ids: Sequence[str]) -> None:
+        """End the pre-leases of rows the queue refused, so they are due now."""
+        d = self.t.deliveries
+        stmt = (
+            sa.update(d)
+            .where(d.c.id.in_(list(ids)), d.c.claim == 1, d.c.status == RUNNING)
+            .values(locked_until=0.0)
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def claim_due(self, hooks: Sequence[Hook], limit: int) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries of ``hooks`` (retries, expired leases)."""
+        if not hooks or limit <= 0:
+            return []
+        by_name = {h.name: h for h in hooks}
+        d = self.t.deliveries
+        now = time.time()
+        lease = now + max(h.timeout or 0 for h in hooks) + LEASE_GRACE
+        due = sa.and_(
+            d.c.hook.in_(list(by_name)),
+            sa.or_(
+                sa.and_(d.c.status == PENDING, d.c.next_attempt_at <= now),
+                sa.and_(d.c.status == RUNNING, d.c.locked_until < now),
+            ),
+        )
+        candidates = (
+            sa.select(d.c.id).where(due).order_by(d.c.next_attempt_at).limit(limit)
+        )
+        if self.engine.dialect.name == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True)
+        stmt = (
+            sa.update(d)
+            .where(d.c.id.in_(candidates.scalar_subquery()), due)
+            .values(
+                status=RUNNING,
+                attempts=d.c.attempts + 1,
+                claim=d.c.claim + 1,
+                locked_until=lease,
+                updated_at=now,
+            )
+            .returning(d.c.id, d.c.event_id, d.c.hook, d.c.attempts, d.c.claim)
+        )
+        with self.engine.begin() as conn:
+            claimed = [Claimed(*row) for row in conn.execute(stmt)]
+            events = self._load_events(conn, {c.event_id for c in claimed})
+        deliveries = []
+        for c in claimed:
+            event = events.get(c.event_id)
+            if event is None:  # pruned under us; nothing to run
+                continue
+            deliveries.append(
+                Delivery(
+                    event,
+                    by_name[c.hook],
+                    attempt=c.attempts,
+                    row_id=c.id,
+                    claim=c.claim,
+                    lease_until=lease,
+                )
+            )
+        return deliveries
+
+    def _load_events(self, conn: sa.Connection, ids: Iterable[str]) -> dict[str, Event]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        e = self.t.events
+        rows = conn.execute(sa.select(e.c.id, e.c.payload).where(e.c.id.in_(ids)))
+        events = {}
+        for row in rows:
+            try:
+                events[row.id] = Event.from_dict(json.loads(row.payload))
+            except (ValueError, TypeError) as exc:
+                logger.error(
+                    "flask-postreg: event %s has an unreadable payload (%s)",
+                    row.id,
+                    exc,
+                )
+        return events
+
+    def record(self, outcome: Outcome) -> None:
+        """Write the outcome; outcomes finishing together share one transaction."""
+        self.history.record(outcome)
+        if outcome.row_id is None:
+            return
+        with self._lock:
+            self._ticket += 1
+            ticket = self._ticket
+            self._buffer.append((ticket, outcome))
+        with self._flush_lock:
+            with self._lock:
+                if self._flushed >= ticket:
+                    return  # a batch written by another thread included ours
+                batch = self._buffer
+                self._buffer = []
+                last = batch[-1][0]
+            try:
+                self._write_outcomes([o for _, o in batch])
+            except Exception as exc:
+                logger.error(
+                    "flask-postreg could not record %d outcome(s) (%s); their leases"
+                    " will expire and the poller will run them again",
+                    len(batch),
+                    type(exc).__name__,
+                )
+            with self._lock:
+                self._flushed = max(self._flushed, last)
+
+    def _write_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        d = self.t.deliveries
+        now = time.time()
+        stmt = (
+            sa.update(d)
+            .where(d.c.id == sa.bindparam("b_id"), d.c.claim == sa.bindparam("b_claim"))
+            .values(
+                status=sa.bindparam("b_status"),
+                locked_until=None,
+                next_attempt_at=sa.bindparam("b_next"),
+                duration=sa.bindparam("b_duration"),
+                error_class=sa.bindparam("b_error_class"),
+                error=sa.bindparam("b_error"),
+                updated_at=now,
+            )
+        )
+        rows = [
+            {
+                "b_id": o.row_id,
+                "b_claim": o.claim,
+                "b_status": o.status,
+                "b_next": now + o.retry_in if o.retry_in is not None else now,
+                "b_duration": o.duration,
+                "b_error_class": o.error_class,
+                "b_error": o.error,
+            }
+            for o in outcomes
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(stmt, rows)
+
+    # -- query API ---------------------------------------------------------
+
+    def recent(
+        self, *, status: str | None = None, hook: str | None = None, limit: int = 50
+    ) -> list[Outcome]:
+        return self.history.recent(status=status, hook=hook, limit=limit)
+
+    def deliveries(
+        self,
+        *,
+        status: str | None = None,
+        hook: str | None = None,
+        since: _dt.datetime | None = None,
+        until: _dt.datetime | None = None,
+        limit: int = 50,
+        event_id: str | None = None,
+    ) -> list[DeliveryRecord]:
+        d = self.t.deliveries
+        query = sa.select(d).order_by(d.c.created_at.desc(), d.c.id).limit(limit)
+        if status is not None:
+            query = query.where(d.c.status == status)
+        if hook is not None:
+            query = query.where(d.c.hook == hook)
+        if event_id is not None:
+            query = query.where(d.c.event_id == event_id)
+        if since is not None:
+            query = query.where(d.c.created_at >= since.timestamp())
+        if until is not None:
+            query = query.where(d.c.created_at < until.timestamp())
+        with self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        d = self.t.deliveries
+        query = sa.select(d.c.hook, d.c.status, sa.func.count()).group_by(
+            d.c.hook, d.c.status
+        )
+        with self.engine.connect() as conn:
+            return {(hook, status): n for hook, status, n in conn.execute(query)}
+
+    def retry(self, ids: Iterable[str]) -> int:
+        d = self.t.deliveries
+        return self._requeue(d.c.id.in_(list(ids)) & d.c.status.in_([DEAD, PENDING]))
+
+    def retry_dead(self, hook: str | None = None) -> int:
+        d = self.t.deliveries
+        cond = d.c.status == DEAD
+        if hook is not None:
+            cond = cond & (d.c.hook == hook)
+        return self._requeue(cond)
+
+    def _requeue(self, cond: Any) -> int:
+        """Back to pending, due now, with a fresh attempt budget."""
+        d = self.t.deliveries
+        now = time.time()
+        stmt = (
+            sa.update(d)
+            .where(cond)
+            .values(
+                status=PENDING,
+                attempts=0,
+                claim=d.c.claim + 1,
+                locked_until=None,
+                next_attempt_at=now,
+                updated_at=now,
+            )
+        )
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount or 0)
+
+    def prune(self, older_than_days: float) -> int:
+        """Delete succeeded deliveries older than that, and events left with none."""
+        d, e = self.t.deliveries, self.t.events
+        cutoff = time.time() - older_than_days * 86400
+        with self.engine.begin() as conn:
+            deleted = conn.execute(
+                sa.delete(d).where(d.c.status == SUCCEEDED, d.c.updated_at < cutoff)
+            ).rowcount
+            orphan = ~sa.exists().where(d.c.event_id == e.c.id)
+            conn.execute(sa.delete(e).where(e.c.created_at < cutoff, orphan))
+        return int(deleted or 0)
+
+    def hook_settings(self) -> dict[str, bool]:
+        h = self.t.hook_settings
+        with self.engine.connect() as conn:
+            return {row.hook: bool(row.enabled) for row in conn.execute(sa.select(h))}
+
+    def set_enabled(self, hook: str, enabled: bool) -> None:
+        h = self.t.hook_settings
+        now = time.time()
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                sa.update(h)
+                .where(h.c.hook == hook)
+                .values(enabled=enabled, updated_at=now)
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    sa.insert(h).values(hook=hook, enabled=enabled, updated_at=now)
+                )
+
+    def event(self, event_id: str) -> Event | None:
+        with self.engine.connect() as conn:
+            return self._load_events(conn, [event_id]).get(event_id)
+
+
+def _record(row: Any) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row.id,
+        event_id=row.event_id,
+        hook=row.hook,
+        status=row.status,
+        attempts=row.attempts,
+        created_at=to_datetime(row.created_at),
+        updated_at=to_datetime(row.updated_at),
+        next_attempt_at=to_datetime(row.next_attempt_at)
+        if row.status == PENDING
+        else None,
+        duration=row.duration,
+        error_class=row.error_class,
+        error=row.error,
+    )

@@ -1,0 +1,87 @@
+"""The outbox tables, declared on the host's metadata (``postreg_`` prefix).
+
+They sit on the user model's ``MetaData`` (so on its bind): ``db.create_all()``
+and Flask-Migrate autogenerate see them; the extension never creates them itself.
+Times are UTC epoch seconds (floats): comparable and indexable the same way on
+every database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sqlalchemy as sa
+
+EVENTS = "postreg_events"
+DELIVERIES = "postreg_deliveries"
+HOOK_SETTINGS = "postreg_hook_settings"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tables:
+    events: sa.Table
+    deliveries: sa.Table
+    hook_settings: sa.Table
+
+
+def tables_for(metadata: sa.MetaData) -> Tables:
+    """The three tables on ``metadata``, declared once (many apps share a db)."""
+    if EVENTS not in metadata.tables:
+        sa.Table(
+            EVENTS,
+            metadata,
+            sa.Column("id", sa.String(40), primary_key=True, comment="event id"),
+            sa.Column("user_id", sa.String(255), nullable=True, index=True),
+            sa.Column(
+                "payload",
+                sa.Text,
+                nullable=False,
+                comment="Auth0-shaped JSON, no secrets",
+            ),
+            sa.Column("created_at", sa.Float, nullable=False, index=True),
+            sa.Column(
+                "run_id", sa.String(64), nullable=True, index=True, comment="replay run"
+            ),
+        )
+    if DELIVERIES not in metadata.tables:
+        sa.Table(
+            DELIVERIES,
+            metadata,
+            sa.Column("id", sa.String(40), primary_key=True),
+            sa.Column(
+                "event_id",
+                sa.String(40),
+                sa.ForeignKey(f"{EVENTS}.id", ondelete="CASCADE"),
+                nullable=False,
+                index=True,
+            ),
+            sa.Column("hook", sa.String(255), nullable=False),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("attempts", sa.Integer, nullable=False, default=0),
+            sa.Column(
+                "claim", sa.Integer, nullable=False, default=0, comment="lease token"
+            ),
+            sa.Column("locked_until", sa.Float, nullable=True),
+            sa.Column("next_attempt_at", sa.Float, nullable=False),
+            sa.Column("created_at", sa.Float, nullable=False),
+            sa.Column("updated_at", sa.Float, nullable=False),
+            sa.Column("duration", sa.Float, nullable=True),
+            sa.Column("error_class", sa.String(255), nullable=True),
+            sa.Column("error", sa.Text, nullable=True),
+            sa.Index("ix_postreg_deliveries_due", "status", "next_attempt_at"),
+            sa.Index("ix_postreg_deliveries_lease", "status", "locked_until"),
+            sa.Index("ix_postreg_deliveries_hook", "hook", "status"),
+        )
+    if HOOK_SETTINGS not in metadata.tables:
+        sa.Table(
+            HOOK_SETTINGS,
+            metadata,
+            sa.Column("hook", sa.String(255), primary_key=True),
+            sa.Column("enabled", sa.Boolean, nullable=False),
+            sa.Column("updated_at", sa.Float, nullable=False),
+        )
+    return Tables(
+        metadata.tables[EVENTS],
+        metadata.tables[DELIVERIES],
+        metadata.tables[HOOK_SETTINGS],
+    )
