@@ -16,7 +16,7 @@ class ForkAware(Protocol):
     def _after_fork(self) -> None: ...
 
 
-_OBJECTS: weakref.WeakSet[ForkAware] = weakref.WeakSet()  # type: ignore[type-var]
+_OBJECTS: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 
 
 def register(obj: ForkAware) -> None:

@@ -12,7 +12,19 @@ from .models import db
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_forked_child_runs_its_own_hooks(app, postreg, recorder, tmp_path):
+def test_forked_child_runs_its_own_hooks(make_app, tmp_path):
+    """The parent's pool is running at fork time; the child must start its own.
+
+    Memory store: its idle workers wait only on Python conditions, which the
+    child re-creates. (In database mode the poller thread may be inside SQLite,
+    whose C-level mutexes a fork copies locked: fork before threads start, as
+    gunicorn --preload does; the pool starts lazily for that reason.)
+    """
+    from .conftest import Recorder
+
+    app, postreg = make_app(POSTREG_STORE="memory")
+    recorder = Recorder()
+    postreg.hook(recorder, name="recorder")
     marker = tmp_path / "child.txt"
 
     def child_hook(user, context):
