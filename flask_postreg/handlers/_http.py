@@ -100,6 +100,7 @@ def _exchange(
     per_op: float,
     expired: threading.Event,
 ) -> Response:
+    resp: http.client.HTTPResponse | None = None
     try:
         send_headers = {"Content-Length": str(len(body)), **headers}
         conn.request("POST", target, body=body, headers=send_headers)
@@ -133,6 +134,8 @@ def _exchange(
             ) from None
         raise
     finally:
+        if resp is not None:
+            resp.close()
         conn.close()
 
 
