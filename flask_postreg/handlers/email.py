@@ -279,6 +279,9 @@ def _exchange(
     to_addrs: list[str],
 ) -> None:
     try:
+        # Constructed without a host (so the deadline covers connecting too):
+        # STARTTLS and SMTP_SSL take the name to verify from ``_host``.
+        smtp._host = host
         code, resp = smtp.connect(host, port)
         if code != 220:
             raise _classify(code, _reply(resp))
