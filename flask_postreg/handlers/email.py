@@ -222,8 +222,8 @@ class WelcomeMailer(_Mailer):
 
 def _classify(code: int, what: str) -> Exception:
     if 400 <= code < 500:
-        return RetryLater(f"SMTP server deferred the message: {code} {what}")
-    return PermanentError(f"SMTP server refused the message: {code} {what}")
+        return RetryLater(f"SMTP server replied {code} {what} (temporary)")
+    return PermanentError(f"SMTP server replied {code} {what} (permanent)")
 
 
 def _reply(resp: Any) -> str:
@@ -281,7 +281,7 @@ def _exchange(
     try:
         # Constructed without a host (so the deadline covers connecting too):
         # STARTTLS and SMTP_SSL take the name to verify from ``_host``.
-        smtp._host = host
+        smtp._host = host  # type: ignore[attr-defined]
         code, resp = smtp.connect(host, port)
         if code != 220:
             raise _classify(code, _reply(resp))
