@@ -1,0 +1,200 @@
+"""Signed webhooks against a real HTTP receiver that verifies every request."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from flask_postreg import ConfigError
+from flask_postreg import Context
+from flask_postreg import User
+from flask_postreg.handlers._http import DeadlineExceeded
+from flask_postreg.handlers.webhook import WebhookSender
+from tests.servers import RecordingServer
+from tests.servers import Reply
+from tests.servers import fixture_app_factory  # noqa: F401
+from tests.servers import fixture_http_server  # noqa: F401
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+def verified(server: RecordingServer) -> list[dict[str, Any]]:
+    """Verify every recorded request as a receiver would; return the bodies."""
+    wh = Webhook(SECRET)
+    return [wh.verify(r.body, r.headers) for r in server.requests]
+
+
+def hook_app(app_factory: Any, server: RecordingServer, **config: Any) -> Any:
+    return app_factory(
+        POSTREG_WEBHOOKS=[
+            {
+                "name": "crm",
+                "url": server.url("/hooks/crm?token=t0k3n"),
+                "secret": SECRET,
+            }
+        ],
+        **config,
+    )
+
+
+def test_signed_auth0_shaped_body(
+    app_factory: Any, http_server: RecordingServer
+) -> None:
+    a = hook_app(app_factory, http_server, POSTREG_SECRETS={"API_KEY": "do-not-send"})
+    a.register(username="ada", email="ada@example.com", name="Zoë")
+    assert a.postreg.join(10)
+    [body] = verified(http_server)
+    [req] = http_server.requests
+    assert req.method == "POST" and req.path == "/hooks/crm?token=t0k3n"
+    assert req.headers["Content-Type"] == "application/json"
+    assert body["user"]["email"] == "ada@example.com"
+    assert body["user"]["name"] == "Zoë"
+    assert body["context"]["connection"]["name"] == "Username-Password-Authentication"
+    assert body["context"]["eventId"] == req.headers["webhook-id"]
+    raw = req.body.decode()
+    assert (
+        "do-not-send" not in raw and "password" not in raw and "secret-hash" not in raw
+    )
+    [outcome] = a.outcomes()
+    assert (outcome.hook, outcome.status) == ("webhook:crm", "succeeded")
+
+
+def test_retries_keep_the_id_and_sign_afresh(
+    app_factory: Any, http_server: RecordingServer
+) -> None:
+    http_server.script(
+        Reply(500, b"busy"), Reply(429, b"slow down", {"Retry-After": "0"})
+    )
+    a = hook_app(app_factory, http_server)
+    a.register(username="ada", email="ada@example.com")
+    assert a.postreg.join(10)
+    bodies = verified(http_server)  # each attempt verifies on its own bytes
+    assert len(bodies) == 3
+    ids = {r.headers["webhook-id"] for r in http_server.requests}
+    assert len(ids) == 1
+    signatures = [r.headers["webhook-signature"] for r in http_server.requests]
+    assert len(set(signatures)) == 3  # the body (attempt) differs: fresh signatures
+    assert [b["context"]["attempt"] for b in bodies] == [1, 2, 3]
+    assert [o.status for o in sorted(a.outcomes(), key=lambda o: o.attempt)] == [
+        "pending",
+        "pending",
+        "succeeded",
+    ]
+
+
+def test_timestamp_and_signature_new_on_every_attempt(
+    http_server: RecordingServer,
+) -> None:
+    now = [1_700_000_000.0]
+    sender = WebhookSender(http_server.url("/hooks/x"), SECRET, clock=lambda: now[0])
+    user, context = User(id="1", email="a@example.com"), Context(event_id="evt_same")
+    sender(user, context)
+    now[0] += 7
+    sender(user, context)
+    first, second = http_server.requests
+    assert first.body == second.body  # same attempt number: same bytes
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == "evt_same"
+    assert (
+        int(second.headers["webhook-timestamp"])
+        - int(first.headers["webhook-timestamp"])
+        == 7
+    )
+    assert first.headers["webhook-signature"] != second.headers["webhook-signature"]
+    for req in (first, second):
+        ts = int(req.headers["webhook-timestamp"])
+        when = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
+        expected = Webhook(SECRET).sign("evt_same", when, req.body.decode())
+        assert req.headers["webhook-signature"] == expected
+
+
+def test_redirect_is_not_followed(
+    app_factory: Any, http_server: RecordingServer
+) -> None:
+    http_server.default = Reply(302, b"", {"Location": http_server.url("/elsewhere")})
+    a = hook_app(app_factory, http_server)
+    a.register(username="ada", email="ada@example.com")
+    assert a.postreg.join(10)
+    assert [r.method for r in http_server.requests] == ["POST"]
+    [outcome] = a.outcomes()
+    assert (outcome.status, outcome.error_class) == ("dead", "PermanentError")
+    assert "redirects are not followed: update the URL" in outcome.error
+
+
+@pytest.mark.parametrize(
+    ("status", "final"),
+    [(410, "dead"), (404, "dead"), (400, "dead"), (408, "succeeded")],
+)
+def test_status_classification(
+    app_factory: Any, http_server: RecordingServer, status: int, final: str
+) -> None:
+    http_server.script(Reply(status, b"nope"))
+    a = hook_app(app_factory, http_server)
+    a.register(username="ada", email="ada@example.com")
+    assert a.postreg.join(10)
+    last = max(a.outcomes(), key=lambda o: o.attempt)
+    assert last.status == final
+    if final == "dead":
+        assert last.attempt == 1 and str(status) in last.error
+
+
+def test_total_deadline(http_server: RecordingServer) -> None:
+    http_server.script(Reply(200, b"x" * 100, drip=0.2))
+    sender = WebhookSender(http_server.url("/hooks/x"), SECRET, timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        sender(User(email="a@example.com"), Context(event_id="evt_1"))
+    assert time.monotonic() - start < 5
+
+
+def test_secret_and_url_stay_out_of_logs_and_errors(
+    app_factory: Any, http_server: RecordingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    http_server.default = Reply(500, b"down")
+    a = hook_app(app_factory, http_server)
+    a.register(username="ada", email="ada@example.com")
+    assert a.postreg.join(10)
+    assert all(o.status != "succeeded" for o in a.outcomes())
+    secret_part = SECRET.removeprefix("whsec_")
+    for text in [caplog.text, *(o.error or "" for o in a.outcomes())]:
+        assert "t0k3n" not in text and secret_part not in text
+    assert "t0k3n" not in repr(a.hooks())
+
+
+def test_bad_webhook_config_names_no_secret(app_factory: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        app_factory(
+            POSTREG_WEBHOOKS=[
+                {"name": "crm", "url": "https://x.test/h", "secret": "whsec_!!"}
+            ]
+        )
+    assert "whsec_!!" not in str(info.value)
+    with pytest.raises(ConfigError, match="needs 'name', 'url' and 'secret'"):
+        app_factory(
+            POSTREG_WEBHOOKS=[{"name": "crm", "url": "https://x.test/h?k=s3cr3t"}]
+        )
+    with pytest.raises(ConfigError, match="unknown key"):
+        app_factory(
+            POSTREG_WEBHOOKS=[
+                {"name": "crm", "url": "u", "secret": SECRET, "verify": False}
+            ]
+        )
+
+
+def test_receiver_recipe_rejects_tampering(http_server: RecordingServer) -> None:
+    WebhookSender(http_server.url("/hooks/x"), SECRET)(
+        User(id="1"), Context(event_id="e")
+    )
+    [req] = http_server.requests
+    body = json.loads(req.body)
+    body["user"]["id"] = "2"
+    tampered = json.dumps(body, separators=(",", ":"), sort_keys=True)
+    with pytest.raises(Exception, match="signature"):
+        Webhook(SECRET).verify(tampered, req.headers)
