@@ -68,7 +68,7 @@ def _executor(pool: concurrent.futures.ThreadPoolExecutor, users: list[User]) ->
 def measure(run: Run, store: str, candidate: BenchApp) -> None:
     settings, report = run.settings, run.report
     n = settings.pick(2000, 300)
-    rounds = settings.pick(3, 2)
+    rounds = settings.pick(5, 2)
 
     baseline = make_app(settings, f"drain-{store}-baseline")
     try:
