@@ -21,8 +21,7 @@ import threading
 from typing import TYPE_CHECKING
 from typing import Any
 
-from flask import current_app
-from flask import has_app_context
+from flask.globals import _cv_app
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
@@ -40,9 +39,11 @@ Pending = dict[SessionTransaction, list[tuple["_State", "Delivery"]]]
 
 
 def _state() -> _State | None:
-    if not has_app_context():
+    """The current app's state, or None (no app context, no extension, disabled)."""
+    ctx = _cv_app.get(None)  # the proxy's own lookup, minus its overhead
+    if ctx is None:
         return None
-    state: _State | None = current_app.extensions.get("postreg")
+    state: _State | None = ctx.app.extensions.get("postreg")
     if state is None or not state.enabled:
         return None
     return state

@@ -242,13 +242,14 @@ class Dispatcher:
                 row_id=delivery.row_id,
                 claim=delivery.claim,
             )
-            logger.debug(
-                "hook %s succeeded for event %s (attempt %d, %.3fs)",
-                hook.name,
-                delivery.event.id,
-                delivery.attempt,
-                duration,
-            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "hook %s succeeded for event %s (attempt %d, %.3fs)",
+                    hook.name,
+                    delivery.event.id,
+                    delivery.attempt,
+                    duration,
+                )
         else:
             final = (
                 isinstance(error, PermanentError) or delivery.attempt >= max_attempts
@@ -318,6 +319,9 @@ class Dispatcher:
     def _signal(
         self, delivery: Delivery, error: BaseException | None, outcome: Outcome
     ) -> None:
+        signal = hook_succeeded if error is None else hook_failed
+        if not signal.receivers:  # the common case: skip the app context
+            return
         try:
             with self.app.app_context():
                 if error is None:

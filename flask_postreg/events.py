@@ -12,6 +12,8 @@ import datetime as _dt
 import decimal
 import enum
 import json
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -99,6 +101,15 @@ def freeze(value: Any) -> Any:
     return value
 
 
+def _is_frozen(value: Any) -> bool:
+    """True when ``value`` holds only immutable JSON-safe data (no copy needed)."""
+    if isinstance(value, FrozenDict):
+        return all(_is_frozen(v) for v in value.values())
+    if isinstance(value, tuple):
+        return all(_is_frozen(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def thaw(value: Any) -> Any:
     """The inverse of :func:`freeze`: plain dicts and lists for ``json.dumps``."""
     if isinstance(value, Mapping):
@@ -109,8 +120,11 @@ def thaw(value: Any) -> Any:
 
 
 def new_event_id() -> str:
-    """A new event id: stable across retries, the hooks' idempotency key."""
-    return "evt_" + uuid.uuid4().hex
+    """A new event id: stable across retries, the hooks' idempotency key.
+
+    Time-ordered (then random), so outbox rows append to their indexes.
+    """
+    return f"evt_{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
 def _utcnow() -> _dt.datetime:
@@ -138,7 +152,9 @@ class User:
     def __post_init__(self) -> None:
         for key in ("user_metadata", "app_metadata"):
             value = getattr(self, key)
-            if not isinstance(value, FrozenDict):
+            if not value and type(value) is FrozenDict:
+                continue
+            if not isinstance(value, FrozenDict) or not _is_frozen(value):
                 frozen = freeze(value if isinstance(value, Mapping) else {})
                 object.__setattr__(self, key, frozen)
 

@@ -54,6 +54,9 @@ logger = logging.getLogger("flask_postreg")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Seconds the database store gathers outcomes before writing them together.
+OUTCOME_BATCH_DELAY = 0.05
+
 
 class _State:
     """Everything one app needs; lives in ``app.extensions["postreg"]``."""
@@ -85,12 +88,14 @@ class _State:
         self._field_maps: dict[type, FieldMap] = {}
         self._field_lock = threading.Lock()
         self.field_map(user_model)  # fail early on a bad POSTREG_USER_FIELDS
+        self.mapper: Any = sa.inspect(user_model)
         self.handler_hooks: dict[str, Hook] = {}
         self.dropped = 0
         self.overflow: list[str] = []
         self._overflow_lock = threading.Lock()
         self.settings: dict[str, bool] = {}
         self._settings_at = 0.0
+        self._hooks_cache: tuple[Any, list[Hook], list[Hook]] | None = None
         self.bind_key: str | None = user_model.metadata.info.get("bind_key")  # type: ignore[attr-defined]
         self.store_name = values["STORE"] or self._default_store()
         self.store: Store
@@ -103,6 +108,8 @@ class _State:
                 tables,
                 bind_key=self.bind_key,
                 history_size=values["HISTORY_SIZE"],
+                # Inline runs write at once; the pool batches its outcomes.
+                batch_delay=0.0 if values["BACKEND"] == "sync" else OUTCOME_BATCH_DELAY,
             )
             self.poller = Poller(self, self.store)
         else:
@@ -212,8 +219,7 @@ class _State:
             return []
         hooks = self.hooks()
         if isinstance(self.store, DatabaseStore):
-            mapper: Any = sa.inspect(self.user_model)
-            connection = session.connection(bind_arguments={"mapper": mapper})
+            connection = session.connection(bind_arguments={"mapper": self.mapper})
             if self.store.tables_present(connection):
                 return self.store.write(connection, events, hooks)
         return [Delivery(event=e, hook=h) for e in events for h in hooks]
@@ -221,7 +227,24 @@ class _State:
     # -- dispatch ----------------------------------------------------------
 
     def hooks(self, *, include_disabled: bool = False) -> list[Hook]:
-        """Every hook for this app: decorated, built-in handlers, then receivers."""
+        """Every hook for this app: decorated, built-in handlers, then receivers.
+
+        Cached: rebuilt only when a hook, a receiver or a run-time switch changed,
+        since this runs on every registration.
+        """
+        key = (
+            self.ext._version,
+            tuple(self.handler_hooks),
+            id(self.settings),
+            tuple(post_user_registration.receivers),
+        )
+        cached = self._hooks_cache
+        if cached is None or cached[0] != key:
+            cached = (key, *self._build_hooks())
+            self._hooks_cache = cached
+        return list(cached[1] if include_disabled else cached[2])
+
+    def _build_hooks(self) -> tuple[list[Hook], list[Hook]]:
         values = self.values
         found: dict[str, Hook] = {}
         for hook in (*self.ext._hooks.values(), *self.handler_hooks.values()):
@@ -236,11 +259,8 @@ class _State:
             enabled = self.settings.get(hook.name, hook.enabled)
             if enabled != hook.enabled:
                 hook = dataclasses.replace(hook, enabled=enabled)
-            if include_disabled or hook.enabled:
-                settled.append(
-                    hook.settle(values["MAX_ATTEMPTS"], values["HOOK_TIMEOUT"])
-                )
-        return settled
+            settled.append(hook.settle(values["MAX_ATTEMPTS"], values["HOOK_TIMEOUT"]))
+        return settled, [h for h in settled if h.enabled]
 
     def committed(self, deliveries: list[Delivery]) -> None:
         """The root transaction committed: start every delivery now."""
@@ -304,6 +324,7 @@ class PostReg:
         self.db = db
         self.user_model = user_model
         self._hooks: dict[str, Hook] = {}
+        self._version = 0
         self._states: weakref.WeakSet[_State] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
@@ -406,6 +427,7 @@ class PostReg:
                     " name='...' to tell them apart"
                 )
             self._hooks[hook.name] = hook
+            self._version += 1
             return fn
 
         if func is not None:
@@ -415,6 +437,7 @@ class PostReg:
     def remove_hook(self, name: str) -> None:
         """Unregister a hook by name (KeyError if there is none)."""
         del self._hooks[name]
+        self._version += 1
 
     # -- running -----------------------------------------------------------
 
@@ -481,6 +504,7 @@ class PostReg:
             )
             if not state.backend.join(remaining):
                 return False
+            state.store.flush()  # outcomes are durable when join() says done
         return True
 
     def shutdown(self, timeout: float | None = None) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import operator
 import re
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -69,9 +70,14 @@ class FieldMap:
 
     def __init__(self, model: type, overrides: Mapping[str, Any] | None) -> None:
         mapper: Any = sa.inspect(model)
-        attrs = {prop.key for prop in mapper.column_attrs}
-        attrs |= {name for name in dir(model) if not name.startswith("_")}
+        self._columns = {prop.key for prop in mapper.column_attrs}
+        attrs = self._columns | {
+            name for name in dir(model) if not name.startswith("_")
+        }
+        #: Field -> how to read it; column attributes are read from the loaded
+        #: state (``instance.__dict__``: no SQL, no descriptor), others called.
         self.getters: dict[str, Getter] = {}
+        self.columns: dict[str, str] = {}
         overrides = dict(overrides or {})
         unknown = set(overrides) - set(USER_FIELDS)
         if unknown:
@@ -96,7 +102,7 @@ class FieldMap:
                         f"POSTREG_USER_FIELDS maps {field!r} to {source!r}, but"
                         f" {model.__name__} has no such attribute"
                     )
-                self.getters[field] = _attr_getter(source)
+                self._use(field, source)
                 continue
             if source is not None:
                 raise ConfigError(
@@ -107,15 +113,29 @@ class FieldMap:
                 pk = mapper.primary_key
                 if len(pk) == 1:
                     key = mapper.get_property_by_column(pk[0]).key
-                    self.getters["id"] = _attr_getter(key)
+                    self._use("id", key)
                 continue
             for candidate in CANDIDATES.get(field, ()):
                 if candidate in attrs and not _FORBIDDEN.search(candidate):
-                    self.getters[field] = _attr_getter(candidate)
+                    self._use(field, candidate)
                     break
 
+    def _use(self, field: str, name: str) -> None:
+        if name in self._columns:
+            self.columns[field] = name
+        else:
+            self.getters[field] = operator.attrgetter(name)
+
+    @property
+    def fields(self) -> set[str]:
+        """The ``User`` fields this model supplies."""
+        return set(self.columns) | set(self.getters)
+
     def read(self, instance: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {}
+        loaded = instance.__dict__
+        values: dict[str, Any] = {
+            field: loaded.get(name) for field, name in self.columns.items()
+        }
         for field, getter in self.getters.items():
             try:
                 values[field] = getter(instance)
@@ -128,18 +148,6 @@ class FieldMap:
                     type(exc).__name__,
                 )
         return values
-
-
-def _attr_getter(name: str) -> Getter:
-    def get(instance: Any) -> Any:
-        # Loaded state first: after a flush this never emits SQL.
-        state = sa.inspect(instance, raiseerr=False)
-        if state is not None and name in state.mapper.column_attrs:
-            return state.dict.get(name)
-        return getattr(instance, name)
-
-    get.__name__ = f"get_{name}"
-    return get
 
 
 def _as_metadata(value: Any) -> Mapping[str, Any]:

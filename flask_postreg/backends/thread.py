@@ -174,6 +174,10 @@ class ThreadBackend:
         poller = self._poller
         if poller is not None and poller is not threading.current_thread():
             poller.join(max(timeout - (time.monotonic() - started), 0.1))
+        try:
+            self.dispatcher.store.flush()
+        except Exception:
+            logger.exception("flask-postreg could not write the last outcomes")
         if not done:
             logger.warning(
                 "flask-postreg shut down with %d deliveries unfinished after %.1fs",

@@ -61,6 +61,9 @@ class Store:
         """Persist one attempt's outcome (the dispatcher calls it from workers)."""
         raise NotImplementedError
 
+    def flush(self) -> None:
+        """Make every recorded outcome durable now (no-op unless batched)."""
+
     def recent(
         self, *, status: str | None = None, hook: str | None = None, limit: int = 50
     ) -> list[Outcome]:

@@ -3,7 +3,10 @@
 They sit on the user model's ``MetaData`` (so on its bind): ``db.create_all()``
 and Flask-Migrate autogenerate see them; the extension never creates them itself.
 Times are UTC epoch seconds (floats): comparable and indexable the same way on
-every database.
+every database. Indexes are few on purpose: each one is written in the
+registration's own transaction. Ids are time-ordered, so inserts append to the
+B-trees instead of landing at random pages; on SQLite the tables are WITHOUT
+ROWID, so a text primary key is one B-tree, not a table plus an index.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             EVENTS,
             metadata,
             sa.Column("id", sa.String(40), primary_key=True, comment="event id"),
-            sa.Column("user_id", sa.String(255), nullable=True, index=True),
+            sa.Column("user_id", sa.String(255), nullable=True),
             sa.Column(
                 "payload",
                 sa.Text,
@@ -61,16 +64,22 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             sa.Column(
                 "claim", sa.Integer, nullable=False, default=0, comment="lease token"
             ),
-            sa.Column("locked_until", sa.Float, nullable=True),
-            sa.Column("next_attempt_at", sa.Float, nullable=False),
+            sa.Column("locked_until", sa.Float, nullable=True, comment="lease end"),
+            sa.Column(
+                "next_attempt_at",
+                sa.Float,
+                nullable=False,
+                comment="when the poller looks next: due time, or lease end",
+            ),
             sa.Column("created_at", sa.Float, nullable=False),
             sa.Column("updated_at", sa.Float, nullable=False),
             sa.Column("duration", sa.Float, nullable=True),
             sa.Column("error_class", sa.String(255), nullable=True),
             sa.Column("error", sa.Text, nullable=True),
+            # The poller's one query: pending and due, or running with its lease
+            # ended (a running row's next_attempt_at is its lease end).
             sa.Index("ix_postreg_deliveries_due", "status", "next_attempt_at"),
-            sa.Index("ix_postreg_deliveries_lease", "status", "locked_until"),
-            sa.Index("ix_postreg_deliveries_hook", "hook", "status"),
+            sqlite_with_rowid=False,
         )
     if HOOK_SETTINGS not in metadata.tables:
         sa.Table(
