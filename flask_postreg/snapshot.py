@@ -23,6 +23,7 @@ from flask import request
 from .config import ConfigError
 from .events import Connection
 from .events import Context
+from .events import FrozenDict
 from .events import RequestInfo
 from .events import User
 
@@ -150,9 +151,12 @@ class FieldMap:
         return values
 
 
+_EMPTY = FrozenDict()
+
+
 def _as_metadata(value: Any) -> Mapping[str, Any]:
-    if value is None:
-        return {}
+    if not value:
+        return _EMPTY
     if isinstance(value, (str, bytes)):
         try:
             value = json.loads(value)
@@ -260,4 +264,6 @@ def with_run_facts(
     context: Context, *, attempt: int, secrets: Mapping[str, Any]
 ) -> Context:
     """The context for one attempt: its number and the secrets, resolved now."""
+    if attempt == context.attempt and not secrets and not context.secrets:
+        return context  # the common first attempt: nothing to change
     return dataclasses.replace(context, attempt=attempt, secrets=secrets)

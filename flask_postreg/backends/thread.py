@@ -19,6 +19,7 @@ import dataclasses
 import heapq
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -76,7 +77,14 @@ class ThreadBackend:
         forksafe.register(self)
 
     def _reset(self) -> None:
-        self._cond = threading.Condition()
+        # One lock, three conditions: a submit wakes one worker, not every
+        # thread; the scheduler is woken only for an earlier deadline; join()
+        # waiters only when the pool goes idle.
+        self._cond = threading.Lock()
+        self._work_ready = threading.Condition(self._cond)
+        self._sched = threading.Condition(self._cond)
+        self._idle = threading.Condition(self._cond)
+        self._sched_wake_at = 0.0
         self._pid: int | None = None
         self._queue: collections.deque[Delivery] = collections.deque()
         self._timers: list[tuple[float, int, Delivery]] = []
@@ -98,7 +106,7 @@ class ThreadBackend:
                 return False
             self._queue.append(delivery)
             self._pending += 1
-            self._cond.notify_all()
+            self._work_ready.notify()
         return True
 
     def schedule(self, delivery: Delivery, delay: float) -> bool:
@@ -108,7 +116,6 @@ class ThreadBackend:
                 return False
             self._push_timer(delivery, delay)
             self._pending += 1
-            self._cond.notify_all()
         return True
 
     def start(self) -> bool:
@@ -120,7 +127,7 @@ class ThreadBackend:
         """Sleep up to ``timeout`` unless the pool stops; True once it is stopping."""
         with self._cond:
             if not self._stopping:
-                self._cond.wait_for(lambda: self._stopping, timeout)
+                self._idle.wait_for(lambda: self._stopping, timeout)
             return self._stopping or self._pid != os.getpid()
 
     def capacity(self) -> int:
@@ -148,7 +155,7 @@ class ThreadBackend:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._idle.wait(remaining)
         return True
 
     def shutdown(self, timeout: float | None = None) -> bool:
@@ -162,7 +169,7 @@ class ThreadBackend:
             dropped_retries = len(self._timers)
             self._pending -= dropped_retries
             self._timers.clear()
-            self._cond.notify_all()
+            self._wake_all()
         if dropped_retries and not self.dispatcher.store.durable:
             logger.warning(
                 "flask-postreg shut down with %d retries still scheduled; in memory"
@@ -222,8 +229,28 @@ class ThreadBackend:
             self._workers += 1
         return thread
 
+    def _wake_all(self) -> None:
+        self._work_ready.notify_all()
+        self._sched.notify_all()
+        self._idle.notify_all()
+
+    def _kick_scheduler(self, when: float) -> None:
+        """Wake the scheduler if it sleeps past ``when`` (lock held)."""
+        if when < self._sched_wake_at:
+            self._sched.notify()
+
+    def _finished_one(self) -> None:
+        """One delivery left the pool (lock held)."""
+        self._pending -= 1
+        if self._pending <= 0:
+            self._idle.notify_all()
+            if self._stopping:
+                self._wake_all()
+
     def _push_timer(self, delivery: Delivery, delay: float) -> None:
-        heapq.heappush(self._timers, (self.clock() + delay, next(self._seq), delivery))
+        due = self.clock() + delay
+        heapq.heappush(self._timers, (due, next(self._seq), delivery))
+        self._kick_scheduler(due)
 
     def _work(self) -> None:
         pid = os.getpid()
@@ -232,7 +259,7 @@ class ThreadBackend:
                 while not self._queue and not (self._stopping and not self._running):
                     if self._pid != pid:
                         return
-                    self._cond.wait()
+                    self._work_ready.wait()
                 if not self._queue or self._pid != pid:
                     return
                 delivery = self._queue.popleft()
@@ -240,13 +267,12 @@ class ThreadBackend:
                 timeout = delivery.hook.timeout or 20.0
                 running = _Running(delivery, self.clock() + timeout, timeout)
                 self._running[token] = running
-                self._cond.notify_all()
+                self._kick_scheduler(running.deadline)
             prepared = self.dispatcher.prepare(delivery)
             if prepared is None:  # another worker or process holds it
                 with self._cond:
                     self._running.pop(token, None)
-                    self._pending -= 1
-                    self._cond.notify_all()
+                    self._finished_one()
                 continue
             delivery = running.delivery = prepared
             error, duration = self.dispatcher.call(delivery)
@@ -264,7 +290,6 @@ class ThreadBackend:
             with self._cond:
                 if not self._stopping:
                     self._push_timer(delivery.next(), outcome.retry_in)
-                    self._cond.notify_all()
                     retried = True
         if self.on_done is not None:
             try:
@@ -273,8 +298,7 @@ class ThreadBackend:
                 logger.exception("flask-postreg: on_done callback failed")
         if not retried:
             with self._cond:
-                self._pending -= 1
-                self._cond.notify_all()
+                self._finished_one()
 
     def _schedule_loop(self) -> None:
         pid = os.getpid()
@@ -287,7 +311,7 @@ class ThreadBackend:
                 while self._timers and self._timers[0][0] <= now:
                     _, _, delivery = heapq.heappop(self._timers)
                     self._queue.append(delivery)
-                    self._cond.notify_all()
+                    self._work_ready.notify()
                 for running in self._running.values():
                     if not running.abandoned and running.deadline <= now:
                         running.abandoned = True
@@ -310,7 +334,9 @@ class ThreadBackend:
                         r.deadline for r in self._running.values() if not r.abandoned
                     ]
                     wait = min(wake) - now if wake else None
-                    self._cond.wait(None if wait is None else max(wait, 0.001))
+                    self._sched_wake_at = math.inf if wait is None else now + wait
+                    self._sched.wait(None if wait is None else max(wait, 0.001))
+                    self._sched_wake_at = 0.0  # awake: no kick needed
             for running in expired:
                 error = HookTimeout(
                     f"attempt exceeded the hook's timeout of {running.timeout:g}s"
