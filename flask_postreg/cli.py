@@ -407,7 +407,7 @@ def retry_command(
             f"{len(delivery_ids) - count} id(s) matched no dead or pending delivery;"
             " list them with: flask postreg deliveries --status dead"
         )
-    if count:
+    if count and not as_json:
         click.echo(
             "A running app or `flask postreg worker` runs them within"
             f" {state.values['POLL_INTERVAL']:g}s.",
