@@ -90,7 +90,7 @@ def test_hooks_lists_settings_last_outcome_and_counts(app, postreg, recorder, fa
 def test_hooks_shows_handlers_and_receivers(make_app):
     from flask_postreg import post_user_registration
 
-    app, postreg = make_app(POSTREG_CONSOLE=True)
+    app, _postreg = make_app(POSTREG_CONSOLE=True)
 
     def on_registered(sender, user, context, **extra):
         pass
@@ -301,7 +301,7 @@ def test_check_ping_exit_2_when_an_endpoint_is_down(make_app):
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         up = listener.getsockname()[1]
-        app, postreg = make_app(
+        app, _postreg = make_app(
             POSTREG_WEBHOOKS=[
                 {"name": "up", "url": f"http://127.0.0.1:{up}/hook", "secret": "whsec_" + "A" * 32},
                 {"name": "down", "url": f"http://127.0.0.1:{port}/hook", "secret": "whsec_" + "A" * 32},
