@@ -21,8 +21,12 @@ from flask import current_app
 from flask import has_app_context
 
 from . import capture
+from . import cli
 from . import config as _config
 from . import forksafe
+from . import recording
+from . import runner
+from . import worker  # noqa: F401  (declares POSTREG_RUN_IN_WEB)
 from .backends import Backend
 from .backends import create as create_backend
 from .dispatch import Delivery
@@ -96,6 +100,10 @@ class _State:
         self.settings: dict[str, bool] = {}
         self._settings_at = 0.0
         self._hooks_cache: tuple[Any, list[Hook], list[Hook]] | None = None
+        #: False: this process writes outbox rows but leaves them to a worker.
+        self.run_here: bool = values["RUN_IN_WEB"]
+        #: Open ``record_events()`` blocks (see :mod:`flask_postreg.recording`).
+        self.recorders: list[recording.Recorder] = []
         self.bind_key: str | None = user_model.metadata.info.get("bind_key")  # type: ignore[attr-defined]
         self.store_name = values["STORE"] or self._default_store()
         self.store: Store
@@ -149,6 +157,8 @@ class _State:
 
     def start(self) -> None:
         """Start the pool (and poller) in this process if not yet running."""
+        if not self.run_here:  # POSTREG_RUN_IN_WEB = False: a worker runs them
+            return
         if self._started_pid != os.getpid():
             self._started_pid = os.getpid()
             self.backend.start()
@@ -217,12 +227,17 @@ class _State:
                 )
         if not events:
             return []
+        marks, run = recording.marks(self, events)
+        if not run:
+            return marks
         hooks = self.hooks()
         if isinstance(self.store, DatabaseStore):
             connection = session.connection(bind_arguments={"mapper": self.mapper})
             if self.store.tables_present(connection):
-                return self.store.write(connection, events, hooks)
-        return [Delivery(event=e, hook=h) for e in events for h in hooks]
+                return marks + self.store.write(
+                    connection, events, hooks, leased=self.run_here
+                )
+        return marks + [Delivery(event=e, hook=h) for e in events for h in hooks]
 
     # -- dispatch ----------------------------------------------------------
 
@@ -264,8 +279,9 @@ class _State:
 
     def committed(self, deliveries: list[Delivery]) -> None:
         """The root transaction committed: start every delivery now."""
-        for delivery in deliveries:
-            self.submit(delivery)
+        for delivery in recording.take(self, deliveries):
+            if self.run_here or delivery.row_id is None:
+                self.submit(delivery)
 
     def submit(self, delivery: Delivery) -> None:
         try:
@@ -364,6 +380,7 @@ class PostReg:
         self._states.add(state)
         capture.install()
         app.before_request(state.start)
+        app.cli.add_command(cli.postreg_group, name="postreg")
 
     def start(self, app: Flask | None = None) -> None:
         """Start the pool and, in database mode, the poller now in this process.
@@ -486,14 +503,38 @@ class PostReg:
                 f"emit() takes a {state.user_model.__name__} instance or a"
                 f" flask_postreg.User, got {type(user).__name__}"
             )
+        marks, run = recording.marks(state, [event])
+        if not run:
+            state.committed(marks)
+            return event
         hooks = state.hooks()
         deliveries = [Delivery(event=event, hook=h) for h in hooks]
         if isinstance(state.store, DatabaseStore):
             with state.store.engine.begin() as conn:
                 if state.store.tables_present(conn):
-                    deliveries = state.store.write(conn, [event], hooks)
-        state.committed(deliveries)
+                    deliveries = state.store.write(
+                        conn, [event], hooks, leased=state.run_here
+                    )
+        state.committed(marks + deliveries)
         return event
+
+    def run_test(
+        self,
+        payload: Any = None,
+        hooks: Iterable[str] | None = None,
+        *,
+        app: Flask | None = None,
+    ) -> list[runner.RunResult]:
+        """The Runner: run hooks once, now, with a sample body; record nothing.
+
+        ``payload`` is a ``{"user": ..., "context": ...}`` dict or JSON text
+        (default: Auth0's sample body shipped in the package); ``hooks`` are
+        names (default: every hook of the app). Returns one result per hook.
+        See :func:`flask_postreg.runner.run_test`.
+
+        .. versionadded:: 0.1
+        """
+        return runner.run_test(self._state(app), payload, hooks)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for every job dispatched so far in this process; False on timeout."""

@@ -145,6 +145,12 @@ class ThreadBackend:
         with self._cond:
             return len(self._queue)
 
+    def unfinished(self) -> list[Delivery]:
+        """Deliveries queued or running now (for a worker releasing its leases)."""
+        with self._cond:
+            running = [r.delivery for r in self._running.values() if not r.abandoned]
+            return [*self._queue, *running]
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued, running or due for retry; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout

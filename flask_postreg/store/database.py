@@ -156,8 +156,16 @@ class DatabaseStore(Store):
         connection: sa.Connection,
         events: Sequence[Event],
         hooks: Sequence[Hook],
+        *,
+        run_id: str | None = None,
+        leased: bool = True,
     ) -> list[Delivery]:
-        """Insert events and pre-leased deliveries; return the deliveries to start."""
+        """Insert events and pre-leased deliveries; return the deliveries to start.
+
+        ``leased=False`` writes them pending and due now, for whichever poller
+        claims them first (a replay, or a web process with
+        ``POSTREG_RUN_IN_WEB = False``); ``run_id`` tags the events of a replay.
+        """
         now = time.time()
         deliveries = []
         event_rows = []
@@ -169,22 +177,27 @@ class DatabaseStore(Store):
                     "user_id": event.user.id,
                     "payload": event.to_json(),
                     "created_at": now,
-                    "run_id": None,
+                    "run_id": run_id,
                 }
             )
             for hook in hooks:
-                lease = now + (hook.timeout or 0) + LEASE_GRACE
+                lease: float | None = now + (hook.timeout or 0) + LEASE_GRACE
+                claim = 1
+                if not leased:
+                    lease, claim = None, 0
                 row_id = new_delivery_id()
                 delivery_rows.append(
                     {
                         "id": row_id,
                         "event_id": event.id,
                         "hook": hook.name,
-                        "status": RUNNING,
-                        "attempts": 1,
-                        "claim": 1,
+                        "status": RUNNING if leased else PENDING,
+                        "attempts": claim,
+                        "claim": claim,
                         "locked_until": lease,
-                        "next_attempt_at": lease,
+                        # Pending: due now. Running: the poller looks again when
+                        # the lease ends (a crashed process).
+                        "next_attempt_at": now if lease is None else lease,
                         "created_at": now,
                         "updated_at": now,
                     }
@@ -195,7 +208,7 @@ class DatabaseStore(Store):
                         hook,
                         attempt=1,
                         row_id=row_id,
-                        claim=1,
+                        claim=claim,
                         lease_until=lease,
                     )
                 )

@@ -1,0 +1,183 @@
+"""``flask postreg replay``: new events for users already in the table (a backfill).
+
+Users are selected by their creation time (the first column named
+``created_at``, ``created``, ``date_joined`` or ``registered_at``), read in
+batches in primary-key order, snapshotted like a fresh registration, and written
+to the outbox in one transaction per batch: events tagged with the run id,
+deliveries pending and due now, for the poller of a running app or
+``flask postreg worker``. A user who already has an event with the same run id is
+skipped, so re-running an interrupted replay with its ``--run-id`` finishes it
+without duplicates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import uuid
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from typing import Any
+
+import sqlalchemy as sa
+
+from .dispatch import Hook
+from .errors import PostRegError
+from .worker import require_database
+
+if TYPE_CHECKING:
+    from .extension import _State
+
+#: Column names tried, in order, for a user's creation time.
+CREATED_COLUMNS = ("created_at", "created", "date_joined", "registered_at")
+BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayResult:
+    run_id: str
+    users: int
+    created: int
+    skipped: int
+    hooks: tuple[str, ...]
+    dry_run: bool
+
+    @property
+    def deliveries(self) -> int:
+        return self.created * len(self.hooks)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["hooks"] = list(self.hooks)
+        data["deliveries"] = self.deliveries
+        return data
+
+
+def new_run_id() -> str:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"replay-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def created_column(model: type) -> sa.Column[Any]:
+    """The model's creation-time column, or an error naming what was looked for."""
+    mapper: Any = sa.inspect(model)
+    table: sa.Table = mapper.local_table
+    for name in CREATED_COLUMNS:
+        if name in table.c:
+            column: sa.Column[Any] = table.c[name]
+            return column
+    raise PostRegError(
+        f"replay selects users by creation time, but {model.__name__} has no column"
+        f" named {', '.join(CREATED_COLUMNS)}. Add one (for example created_at ="
+        " mapped_column(default=datetime.now)), or call postreg.emit(user) for the"
+        " users to backfill."
+    )
+
+
+def _bound(column: sa.Column[Any], when: _dt.datetime) -> Any:
+    """``when`` (aware) as the column stores times: naive UTC, aware, or epoch."""
+    kind = column.type
+    if isinstance(kind, sa.DateTime):
+        return when if kind.timezone else when.replace(tzinfo=None)
+    if isinstance(kind, sa.Date):
+        return when.date()
+    if isinstance(kind, (sa.Integer, sa.Float, sa.Numeric)):
+        return when.timestamp()
+    return when.replace(tzinfo=None)
+
+
+def choose_hooks(state: _State, hook: str | None) -> list[Hook]:
+    state.refresh_settings()
+    every = state.hooks(include_disabled=True)
+    if hook is None:
+        hooks = [h for h in every if h.enabled]
+        if not hooks:
+            raise PostRegError("no enabled hook: nothing to replay")
+        return hooks
+    by_name = {h.name: h for h in every}
+    if hook not in by_name:
+        raise PostRegError(
+            f"unknown hook {hook!r}. The app's hooks are:"
+            f" {', '.join(sorted(by_name)) or '(none)'}"
+        )
+    if not by_name[hook].enabled:
+        raise PostRegError(
+            f"hook {hook!r} is disabled: enable it first (flask postreg enable {hook})"
+        )
+    return [by_name[hook]]
+
+
+def replay(
+    state: _State,
+    *,
+    since: _dt.datetime,
+    until: _dt.datetime | None = None,
+    hook: str | None = None,
+    run_id: str | None = None,
+    dry_run: bool = False,
+    batch_size: int = BATCH,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """Backfill; see the module docstring. Call inside an app context."""
+    store = require_database(state)
+    hooks = choose_hooks(state, hook)
+    run_id = run_id or new_run_id()
+    model = state.user_model
+    column = created_column(model)
+    mapper: Any = sa.inspect(model)
+    pks: Sequence[sa.Column[Any]] = mapper.primary_key
+    if len(pks) != 1:
+        raise PostRegError(
+            f"replay needs a single-column primary key on {model.__name__}"
+        )
+    pk = pks[0]
+    window = [column >= _bound(column, since)]
+    if until is not None:
+        window.append(column < _bound(column, until))
+    session = state.db.session
+    total = session.execute(
+        sa.select(sa.func.count()).select_from(model).where(*window)
+    ).scalar_one()
+    if on_total is not None:
+        on_total(int(total))
+    e = store.t.events
+    users = created = skipped = 0
+    last: Any = None
+    while True:
+        query: Any = sa.select(model).where(*window).order_by(pk).limit(batch_size)
+        if last is not None:
+            query = query.where(pk > last)
+        instances = list(session.execute(query).scalars())
+        if not instances:
+            break
+        last = getattr(instances[-1], pk.key)
+        events = [state.snapshot(instance) for instance in instances]
+        session.rollback()  # end the read; writes go through their own transaction
+        ids = [ev.user.id for ev in events if ev.user.id is not None]
+        with store.engine.begin() as conn:
+            done = {
+                row.user_id
+                for row in conn.execute(
+                    sa.select(e.c.user_id).where(
+                        e.c.run_id == run_id, e.c.user_id.in_(ids)
+                    )
+                )
+            }
+            fresh = [ev for ev in events if ev.user.id not in done]
+            if fresh and not dry_run:
+                store.write(conn, fresh, hooks, run_id=run_id, leased=False)
+        users += len(events)
+        created += len(fresh)
+        skipped += len(events) - len(fresh)
+        if progress is not None:
+            progress(len(events))
+    return ReplayResult(
+        run_id=run_id,
+        users=users,
+        created=created,
+        skipped=skipped,
+        hooks=tuple(h.name for h in hooks),
+        dry_run=dry_run,
+    )

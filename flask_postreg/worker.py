@@ -1,0 +1,148 @@
+"""``flask postreg worker``: the pool and the poller alone, in the foreground.
+
+For deployments that keep web processes free of hook work: with
+``POSTREG_RUN_IN_WEB = False`` a web process only writes the outbox rows (in the
+registration's transaction, pending and due now) and one or more workers run
+them. SIGTERM or SIGINT stops a worker cleanly: it stops claiming, lets running
+attempts finish within the shutdown timeout, and hands whatever is still
+unfinished back to the outbox (pending, due now) for the next worker.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from typing import Any
+
+import sqlalchemy as sa
+
+from .config import ConfigError
+from .config import register
+from .dispatch import PENDING
+from .dispatch import RUNNING
+from .dispatch import Delivery
+from .errors import PostRegError
+from .store.database import DatabaseStore
+
+if TYPE_CHECKING:
+    from .extension import _State
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"POSTREG_{name} must be True or False, got {value!r}")
+    return value
+
+
+register(
+    "RUN_IN_WEB",
+    True,
+    "`False`: this process (a web server) writes the outbox rows but runs no hook"
+    " and no poller; `flask postreg worker` processes run them. Database store"
+    " only (with the memory store hooks still run in-process).",
+    _bool,
+)
+
+
+def require_database(state: _State) -> DatabaseStore:
+    """The state's database store with its tables, or an error saying what to do."""
+    store = state.store
+    if not isinstance(store, DatabaseStore):
+        raise PostRegError(
+            "this needs the database store: set POSTREG_STORE = 'database' and"
+            " point SQLALCHEMY_DATABASE_URI at a file or server database"
+        )
+    if not state.tables_ready():
+        raise PostRegError(
+            "the postreg_* tables are missing: create them with db.create_all() or"
+            " a migration (flask db migrate && flask db upgrade)"
+        )
+    return store
+
+
+def release(store: DatabaseStore, deliveries: Sequence[Delivery]) -> int:
+    """Hand unfinished deliveries back: pending, due now; the attempt not counted.
+
+    Guarded by each row's claim token: a row another process claimed since, or
+    whose outcome was recorded meanwhile, is left alone.
+    """
+    d = store.t.deliveries
+    now = time.time()
+    stmt = (
+        sa.update(d)
+        .where(
+            d.c.id == sa.bindparam("b_id"),
+            d.c.claim == sa.bindparam("b_claim"),
+            d.c.status == RUNNING,
+        )
+        .values(
+            status=PENDING,
+            attempts=sa.case((d.c.attempts > 0, d.c.attempts - 1), else_=0),
+            claim=d.c.claim + 1,
+            locked_until=None,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    )
+    rows = [
+        {"b_id": x.row_id, "b_claim": x.claim}
+        for x in deliveries
+        if x.row_id is not None
+    ]
+    if not rows:
+        return 0
+    released = 0
+    with store.engine.begin() as conn:
+        for row in rows:  # executemany reports no reliable rowcount everywhere
+            released += int(conn.execute(stmt, row).rowcount or 0)
+    return released
+
+
+def run(
+    state: _State,
+    *,
+    shutdown_timeout: float,
+    echo: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); return deliveries released."""
+    store = require_database(state)
+    stop = stop or threading.Event()
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        state.run_here = True
+        state.refresh_settings()
+        state.start()
+        hooks = state.hooks()
+        echo(
+            f"postreg worker: {len(hooks)} hook(s) enabled, polling every"
+            f" {state.values['POLL_INTERVAL']:g}s; SIGTERM or Ctrl-C stops"
+        )
+        while not stop.wait(1.0):
+            pass
+        echo(
+            f"postreg worker: stopping (up to {shutdown_timeout:g}s for running hooks)"
+        )
+        finished = state.backend.shutdown(shutdown_timeout)
+        released = 0
+        if not finished:
+            unfinished: list[Delivery] = getattr(state.backend, "unfinished", list)()
+            released = release(store, unfinished)
+        echo(
+            f"postreg worker: stopped; {released} unfinished delivery(ies) left pending"
+        )
+        return released
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,332 @@
+"""``flask postreg ...`` in-process, with ``app.test_cli_runner()``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+
+import pytest
+import sqlalchemy as sa
+
+from flask_postreg import PermanentError
+from flask_postreg.cli import parse_when
+
+from .models import Account
+from .models import db
+
+
+def invoke(app, *args, input=None):
+    return app.test_cli_runner().invoke(args=["postreg", *args], input=input)
+
+
+def register(app, postreg, *emails):
+    with app.app_context():
+        for email in emails:
+            db.session.add(Account(email=email))
+        db.session.commit()
+    assert postreg.join(10)
+
+
+@pytest.fixture
+def failing(postreg):
+    @postreg.hook(name="failing", max_attempts=1)
+    def failing(user, context):
+        raise PermanentError("the CRM said no")
+
+    return failing
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- WHEN ------------------------------------------------------------------
+
+
+def test_parse_when():
+    now = dt.datetime(2024, 5, 10, 12, 0, tzinfo=dt.timezone.utc)
+    assert parse_when("2h", now=now) == now - dt.timedelta(hours=2)
+    assert parse_when("3d", now=now) == now - dt.timedelta(days=3)
+    assert parse_when("30m ago", now=now) == now - dt.timedelta(minutes=30)
+    assert parse_when("1w", now=now) == now - dt.timedelta(weeks=1)
+    assert parse_when("today", now=now) == dt.datetime(
+        2024, 5, 10, tzinfo=dt.timezone.utc
+    )
+    assert parse_when("2024-05-01") == dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+    assert parse_when("2024-05-01T10:00:00+02:00").hour == 10
+    assert parse_when("2024-05-01T10:00Z").tzinfo is not None
+    with pytest.raises(ValueError, match="ISO date"):
+        parse_when("yesterday-ish")
+
+
+# -- hooks -----------------------------------------------------------------
+
+
+def test_hooks_lists_settings_last_outcome_and_counts(app, postreg, recorder, failing):
+    register(app, postreg, "ann@example.com")
+    result = invoke(app, "hooks")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == [
+        "HOOK", "SOURCE", "ENABLED", "ATTEMPTS", "TIMEOUT", "LAST", "COUNTS"
+    ]  # fmt: skip
+    assert lines[1].index("decorator") == lines[0].index("SOURCE")  # aligned
+    assert "\x1b[" not in result.output  # no colours off a terminal
+    data = json.loads(invoke(app, "hooks", "--json").output)
+    by_name = {h["name"]: h for h in data}
+    assert by_name["recorder"]["source"] == "decorator"
+    assert by_name["recorder"]["enabled"] is True
+    assert by_name["recorder"]["max_attempts"] == 8
+    assert by_name["recorder"]["timeout"] == 10.0
+    assert by_name["recorder"]["counts"] == {"succeeded": 1}
+    assert by_name["recorder"]["last"]["status"] == "succeeded"
+    assert by_name["failing"]["counts"] == {"dead": 1}
+    assert by_name["failing"]["last"]["error_class"] == "PermanentError"
+
+
+def test_hooks_shows_handlers_and_receivers(make_app):
+    from flask_postreg import post_user_registration
+
+    app, _postreg = make_app(POSTREG_CONSOLE=True)
+
+    def on_registered(sender, user, context, **extra):
+        pass
+
+    post_user_registration.connect(on_registered, app)
+    try:
+        data = json.loads(invoke(app, "hooks", "--json").output)
+    finally:
+        post_user_registration.disconnect(on_registered, app)
+    assert {(h["name"], h["source"]) for h in data} == {
+        ("console", "handler"),
+        ("signal:tests.test_cli:test_hooks_shows_handlers_and_receivers.<locals>.on_registered", "receiver"),
+    }  # fmt: skip
+
+
+def test_hooks_without_any(app, postreg):
+    result = invoke(app, "hooks")
+    assert result.exit_code == 0 and "No hooks" in result.output
+
+
+# -- test (the Runner) ---------------------------------------------------------
+
+
+def test_test_runs_every_hook_and_fails_with_status_1(app, postreg, recorder, failing):
+    result = invoke(app, "test")
+    assert result.exit_code == 1, result.output
+    assert "ok    recorder" in result.output
+    assert "FAIL  failing" in result.output
+    assert "PermanentError: the CRM said no" in result.output
+    assert "Traceback" in result.output
+    assert "1 ok, 1 failed" in result.output
+    assert recorder.emails == ["user1@foo.com"]
+
+
+def test_test_chosen_hook_json_and_payload_file(
+    app, postreg, recorder, failing, tmp_path
+):
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"user": {"email": "ann@example.com"}, "context": {}}))
+    result = invoke(app, "test", "recorder", "--payload", str(body), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["ok"] is True
+    assert [r["hook"] for r in data["results"]] == ["recorder"]
+    assert set(data["results"][0]) >= {"hook", "ok", "duration", "error", "logs"}
+    assert recorder.emails == ["ann@example.com"]
+    stdin = json.dumps({"user": {"email": "bob@example.com"}})
+    result = invoke(app, "test", "recorder", "--payload", "-", input=stdin)
+    assert result.exit_code == 0, result.output
+    assert recorder.emails[-1] == "bob@example.com"
+    data = json.loads(invoke(app, "test", "failing", "--json").output)
+    assert data["ok"] is False and data["results"][0]["error_class"] == "PermanentError"
+
+
+def test_test_errors(app, postreg, recorder):
+    result = invoke(app, "test", "nope")
+    assert result.exit_code == 1
+    assert "unknown hook(s): nope" in result.output and "recorder" in result.output
+    result = invoke(app, "test", "--payload", "-", input="{oops")
+    assert result.exit_code == 1 and "not valid JSON" in result.output
+    result = invoke(app, "test", "--payload", "/no/such/file.json")
+    assert result.exit_code == 2
+
+
+# -- deliveries ----------------------------------------------------------------
+
+
+def test_deliveries_filters_and_json(app, postreg, recorder, failing):
+    register(app, postreg, "ann@example.com", "bob@example.com")
+    result = invoke(app, "deliveries")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].split()[:3] == ["ID", "HOOK", "STATUS"]
+    assert result.output.count("dlv_") == 4
+    assert "PermanentError: the CRM said no" in result.output
+    dead = json.loads(invoke(app, "deliveries", "--status", "dead", "--json").output)
+    assert [d["hook"] for d in dead] == ["failing", "failing"]
+    assert dead[0]["error"] == "the CRM said no" and dead[0]["attempts"] == 1
+    by_hook = json.loads(
+        invoke(app, "deliveries", "--hook", "recorder", "--json").output
+    )
+    assert {d["status"] for d in by_hook} == {"succeeded"}
+    assert (
+        len(json.loads(invoke(app, "deliveries", "--limit", "1", "--json").output)) == 1
+    )
+    assert (
+        len(json.loads(invoke(app, "deliveries", "--since", "1h", "--json").output))
+        == 4
+    )
+    future = json.loads(
+        invoke(app, "deliveries", "--since", "2999-01-01", "--json").output
+    )
+    assert future == []
+    assert "No deliveries" in invoke(app, "deliveries", "--since", "2999-01-01").output
+
+
+def test_deliveries_bad_options(app, postreg):
+    result = invoke(app, "deliveries", "--since", "last tuesday")
+    assert result.exit_code == 2 and "ISO date" in result.output
+    result = invoke(app, "deliveries", "--status", "lost")
+    assert result.exit_code == 2
+
+
+# -- retry -----------------------------------------------------------------------
+
+
+def test_retry_ids_and_dead(app, postreg, recorder, failing):
+    register(app, postreg, "ann@example.com", "bob@example.com")
+    store = app.extensions["postreg"].store
+    dead = store.deliveries(status="dead")
+    result = invoke(app, "retry", dead[0].id)
+    assert result.exit_code == 0, result.output
+    assert "1 of 1" in result.output
+    assert {d.id for d in store.deliveries(status="pending")} == {dead[0].id}
+    data = json.loads(
+        invoke(app, "retry", "--dead", "--hook", "failing", "--json").output
+    )
+    assert data == {"retried": 1}
+    assert store.deliveries(status="dead") == []
+    result = invoke(app, "retry", "dlv_nope")
+    assert result.exit_code == 1 and "matched no dead or pending" in result.output
+    assert invoke(app, "retry").exit_code == 2
+    assert invoke(app, "retry", "x", "--dead").exit_code == 2
+    assert invoke(app, "retry", "x", "--hook", "h").exit_code == 2
+
+
+def test_commands_that_need_the_database_store(make_app):
+    app, postreg = make_app(POSTREG_STORE="memory")
+    postreg.hook(lambda u, c: None, name="h")
+    for args in (["retry", "--dead"], ["disable", "h"], ["prune"], ["worker"]):
+        result = invoke(app, *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "database store" in result.output, args
+    result = invoke(app, "replay", "--since", "1d")
+    assert result.exit_code == 1 and "database store" in result.output
+
+
+# -- enable / disable --------------------------------------------------------------
+
+
+def test_disable_and_enable(make_app):
+    app, postreg = make_app(POSTREG_POLL_INTERVAL=0.05)
+    from .conftest import Recorder
+
+    on, off = Recorder(), Recorder()
+    postreg.hook(on, name="on")
+    postreg.hook(off, name="off")
+    result = invoke(app, "disable", "off")
+    assert result.exit_code == 0, result.output
+    assert "disabled" in result.output
+    state = app.extensions["postreg"]
+    assert state.store.hook_settings() == {"off": False}
+    # Another process (the same app here) applies it at its next refresh.
+    state.settings = {}
+    state.refresh_settings()
+    register(app, postreg, "ann@example.com")
+    assert on.emails == ["ann@example.com"] and off.calls == []
+    assert {d.hook for d in state.store.deliveries()} == {"on"}
+    hooks = {h["name"]: h for h in json.loads(invoke(app, "hooks", "--json").output)}
+    assert hooks["off"]["enabled"] is False
+    assert invoke(app, "enable", "off").exit_code == 0
+    state.refresh_settings()
+    register(app, postreg, "bob@example.com")
+    assert off.emails == ["bob@example.com"]
+    result = invoke(app, "disable", "nope")
+    assert result.exit_code == 1
+    assert "unknown hook 'nope'" in result.output and "off, on" in result.output
+
+
+# -- prune --------------------------------------------------------------------------
+
+
+def test_prune(app, postreg, recorder, failing):
+    register(app, postreg, "ann@example.com")
+    result = invoke(app, "prune")
+    assert result.exit_code == 0 and "0 succeeded" in result.output
+    data = json.loads(invoke(app, "prune", "--older-than", "0", "--json").output)
+    assert data == {"pruned": 1, "older_than_days": 0.0}
+    store = app.extensions["postreg"].store
+    assert [d.status for d in store.deliveries()] == ["dead"]  # dead ones are kept
+    assert invoke(app, "prune", "--older-than", "-1").exit_code == 2
+
+
+# -- check ----------------------------------------------------------------------------
+
+
+def test_check_ok(app, postreg, recorder):
+    result = invoke(app, "check")
+    assert result.exit_code == 0, result.output
+    assert "tables" in result.output and "recorder" in result.output
+    data = json.loads(invoke(app, "check", "--json").output)
+    assert data["ok"] is True and data["exit"] == 0
+    assert {c["kind"] for c in data["checks"]} == {"config", "store", "hooks"}
+
+
+def test_check_missing_tables_exit_1(app, postreg, recorder):
+    with app.app_context():
+        db.session.execute(sa.text("DROP TABLE postreg_hook_settings"))
+        db.session.commit()
+    result = invoke(app, "check")
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and "postreg_hook_settings" in result.output
+    assert "db.create_all()" in result.output
+
+
+def test_check_ping_exit_2_when_an_endpoint_is_down(make_app):
+    port = closed_port()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        up = listener.getsockname()[1]
+        app, _postreg = make_app(
+            POSTREG_WEBHOOKS=[
+                {"name": "up", "url": f"http://127.0.0.1:{up}/hook", "secret": "whsec_" + "A" * 32},
+                {"name": "down", "url": f"http://127.0.0.1:{port}/hook", "secret": "whsec_" + "A" * 32},
+            ],
+            POSTREG_MAIL_NOTIFY=["ops@example.com"],
+            POSTREG_MAIL_SENDER="noreply@example.com",
+            POSTREG_MAIL_SERVER="127.0.0.1",
+            POSTREG_MAIL_PORT=up,
+        )  # fmt: skip
+        assert invoke(app, "check").exit_code == 0
+        result = invoke(app, "check", "--ping")
+        data = json.loads(invoke(app, "check", "--ping", "--json").output)
+    assert result.exit_code == 2, result.output
+    pings = {c["name"]: c for c in data["checks"] if c["kind"] == "ping"}
+    assert pings["webhook:up"]["ok"] and pings["mail"]["ok"]
+    assert not pings["webhook:down"]["ok"]
+    assert "/hook" not in result.output  # host:port only, never the URL
+    assert data["exit"] == 2
+
+
+# -- replay (errors; the backfill itself is in test_cli_replay.py) -----------------
+
+
+def test_replay_needs_a_creation_time_column(app, postreg, recorder):
+    result = invoke(app, "replay", "--since", "1d")
+    assert result.exit_code == 1
+    assert "created_at" in result.output and "emit" in result.output
+    assert invoke(app, "replay").exit_code == 2  # --since is required

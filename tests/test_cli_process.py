@@ -1,0 +1,166 @@
+"""Real processes: the example app's Runner, and workers stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BIN = pathlib.Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def env(**extra):
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POSTREG_", "SLACK_", "MAIL_", "WEBHOOK_", "FLASK_"))
+        and k != "DATABASE_URL"
+    }
+    base["PYTHONPATH"] = str(ROOT)
+    base.update(extra)
+    return base
+
+
+def wait_for(condition, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- the Runner from the command line -------------------------------------------
+
+
+def flask(*args, **extra):
+    return subprocess.run(
+        [str(BIN / "flask"), "--app", "example_app", "postreg", *args],
+        cwd=ROOT,
+        env=env(**extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_example_app_runner_ok(tmp_path):
+    result = flask("test", DATABASE_URL=f"sqlite:///{tmp_path}/ex.db")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok    console" in result.stdout
+    assert "user1@foo.com" in result.stdout  # the console hook's log line
+    assert "1 ok, 0 failed" in result.stdout
+
+
+def test_example_app_runner_fails_with_status_1(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = flask(
+        "test",
+        DATABASE_URL=f"sqlite:///{tmp_path}/ex.db",
+        WEBHOOK_URL=f"http://127.0.0.1:{port}/hooks/signup",
+        WEBHOOK_SECRET="whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL  webhook:crm" in result.stdout
+    assert "0 ok, 1 failed" in result.stdout
+    assert f"{port}/hooks/signup" not in result.stdout  # the URL is a secret
+
+
+# -- the worker ----------------------------------------------------------------------
+
+
+def start_worker(url, folder):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "tests.worker_app",
+            "postreg",
+            "worker",
+            "--shutdown-timeout",
+            "0.5",
+        ],
+        cwd=ROOT,
+        env=env(WORKER_DB=url, WORKER_DIR=str(folder)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def statuses(engine):
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.text("SELECT status, attempts FROM postreg_deliveries")
+            )
+        ]
+
+
+def test_sigterm_mid_delivery_and_a_second_worker_finishes(tmp_path):
+    from . import worker_app
+    from .models import Account
+    from .models import db
+
+    url = f"sqlite:///{tmp_path}/worker.db"
+    os.environ["WORKER_DB"] = url  # for create_app in this process
+    os.environ["WORKER_DIR"] = str(tmp_path)
+    try:
+        app = worker_app.create_app()
+    finally:
+        del os.environ["WORKER_DB"], os.environ["WORKER_DIR"]
+    # The web process: RUN_IN_WEB = False writes the row, runs nothing.
+    with app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()
+        engine = db.engine
+    assert worker_app.postreg.join(5)
+    assert statuses(engine) == [("pending", 0)]
+    assert not list(tmp_path.glob("started-*"))
+
+    first = start_worker(url, tmp_path)
+    second = None
+    try:
+        wait_for(lambda: list(tmp_path.glob("started-*")), what="the first worker")
+        assert statuses(engine) == [("running", 1)]
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=30)
+        assert first.returncode == 0, out
+        assert "1 unfinished delivery(ies) left pending" in out
+        assert statuses(engine) == [("pending", 0)]
+        assert not (tmp_path / "done").exists()
+
+        (tmp_path / "open").write_text("")
+        second = start_worker(url, tmp_path)
+        wait_for(
+            lambda: statuses(engine) == [("succeeded", 1)], what="the second worker"
+        )
+        assert (tmp_path / "done").read_text() == "ann@example.com\n"
+        second.send_signal(signal.SIGINT)
+        out, _ = second.communicate(timeout=30)
+        assert second.returncode == 0, out
+        assert "0 unfinished" in out
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        worker_app.postreg.shutdown(5)
+        with app.app_context():
+            db.engine.dispose()

@@ -1,0 +1,113 @@
+"""The Runner: ``postreg.run_test()`` runs hooks once, now, and records nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from flask_postreg import PostRegError
+from flask_postreg.events import sample_body
+
+log = logging.getLogger("tests.runner")
+
+
+def counts(app):
+    state = app.extensions["postreg"]
+    with state.store.engine.connect() as conn:
+        return tuple(
+            conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            for t in (state.store.t.events, state.store.t.deliveries)
+        )
+
+
+def test_runs_each_hook_with_the_sample_body_and_writes_nothing(app, postreg):
+    seen = []
+
+    @postreg.hook(name="good")
+    def good(user, context):
+        seen.append((user, context))
+        log.info("hello %s", user.username)
+
+    @postreg.hook(name="bad")
+    def bad(user, context):
+        log.warning("about to fail")
+        raise ValueError("boom")
+
+    results = postreg.run_test(app=app)
+    assert [r.hook for r in results] == ["good", "bad"]
+    ok, failed = results
+    assert ok.ok and ok.error is None and ok.duration >= 0
+    assert ok.logs == ("INFO tests.runner: hello user1",)
+    assert not failed.ok
+    assert failed.error_class == "ValueError" and failed.error == "boom"
+    assert "Traceback" in failed.traceback and "raise ValueError" in failed.traceback
+    assert failed.logs == ("WARNING tests.runner: about to fail",)
+    ((user, context),) = seen
+    body = sample_body()
+    assert user.email == body["user"]["email"]
+    assert user.user_metadata == {"hobby": "surfing"}
+    assert context.request_language == "en-us"
+    assert context.connection.name == "Username-Password-Authentication"
+    assert counts(app) == (0, 0)
+    assert app.extensions["postreg"].store.recent() == []
+    json.dumps([r.to_dict() for r in results])  # JSON-safe
+
+
+def test_chosen_hooks_and_payloads(app, postreg, recorder):
+    postreg.hook(lambda u, c: None, name="other")
+    body = {"user": {"email": "ann@example.com", "username": "ann"}, "context": {}}
+    results = postreg.run_test(json.dumps(body), ["recorder"], app=app)
+    assert [r.hook for r in results] == ["recorder"]
+    assert recorder.emails == ["ann@example.com"]
+    postreg.run_test(body, hooks=["recorder"], app=app)
+    assert recorder.emails == ["ann@example.com"] * 2
+
+
+def test_unknown_hook_lists_the_valid_names(app, postreg, recorder):
+    with pytest.raises(PostRegError, match=r"unknown hook\(s\): nope.*recorder"):
+        postreg.run_test(hooks=["nope"], app=app)
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [("{not json", "not valid JSON"), ("[1]", "JSON object"), ({"x": 1}, "Runner")],
+)
+def test_bad_payloads_say_what_is_expected(app, postreg, recorder, payload, message):
+    with pytest.raises(PostRegError, match=message):
+        postreg.run_test(payload, app=app)
+    assert recorder.calls == []
+
+
+def test_a_hanging_hook_times_out(app, postreg):
+    release = threading.Event()
+
+    @postreg.hook(name="slow", timeout=0.2)
+    def slow(user, context):
+        release.wait(10)
+
+    try:
+        (result,) = postreg.run_test(app=app)
+    finally:
+        release.set()
+    assert not result.ok and result.error_class == "HookTimeout"
+
+
+def test_secrets_are_hidden_in_errors_and_logs(make_app):
+    app, postreg = make_app(POSTREG_SECRETS={"TOKEN": "s3cr3t-value"})
+
+    @postreg.hook(name="leaky")
+    def leaky(user, context):
+        log.warning("token %s", context.secrets["TOKEN"])
+        raise RuntimeError("bad token " + context.secrets["TOKEN"])
+
+    (result,) = postreg.run_test(app=app)
+    assert "s3cr3t-value" not in result.error + result.traceback + "".join(result.logs)
+
+
+def test_outside_an_app_context_says_what_to_do(postreg):
+    with pytest.raises(RuntimeError, match="app_context"):
+        postreg.run_test()
