@@ -35,7 +35,7 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-def _positive_float(name: str, value: Any) -> float:
+def positive_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConfigError(
             f"{PREFIX}{name} must be a number of seconds > 0, got {value!r}"
@@ -43,8 +43,8 @@ def _positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
-def _optional_positive_float(name: str, value: Any) -> float | None:
-    return None if value is None else _positive_float(name, value)
+def _optionalpositive_float(name: str, value: Any) -> float | None:
+    return None if value is None else positive_float(name, value)
 
 
 def _choice(*choices: str) -> Callable[[str, Any], Any]:
@@ -95,7 +95,7 @@ def _optional_mapping(name: str, value: Any) -> Mapping[str, Any] | None:
     return value
 
 
-def _bool(name: str, value: Any) -> bool:
+def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{PREFIX}{name} must be True or False, got {value!r}")
     return value
@@ -170,7 +170,7 @@ register(
     "HOOK_TIMEOUT",
     20.0,
     "Seconds per attempt before it is reported timed out.",
-    _positive_float,
+    positive_float,
 )
 register(
     "MAX_ATTEMPTS", 8, "Attempts per hook, then the delivery is dead.", _positive_int
@@ -185,7 +185,7 @@ register(
     "SHUTDOWN_TIMEOUT",
     10.0,
     "Seconds the pool waits for running jobs at interpreter exit.",
-    _positive_float,
+    positive_float,
 )
 register(
     "HISTORY_SIZE",
@@ -198,20 +198,20 @@ register(
     5.0,
     "Database store: seconds between polls for due retries, expired leases (a"
     " crashed process) and hook enable/disable changes.",
-    _positive_float,
+    positive_float,
 )
 register(
     "RETENTION_DAYS",
     7.0,
     "Database store: succeeded deliveries (and their events) older than this are"
     " pruned by the poller.",
-    _positive_float,
+    positive_float,
 )
 register(
     "ENABLED",
     True,
     "Set False to capture nothing and run no hook (for example in some tests).",
-    _bool,
+    check_bool,
 )
 
 

@@ -203,7 +203,12 @@ class _State:
 
     def snapshot(self, instance: Any) -> Event:
         """A frozen event for ``instance`` and the current request (no SQL)."""
-        user = build_user(self.field_map(type(instance)), instance, self.tenant)
+        return self.event_for(
+            build_user(self.field_map(type(instance)), instance, self.tenant)
+        )
+
+    def event_for(self, user: User) -> Event:
+        """A new event for ``user``, with the current request's context."""
         event_id = new_event_id()
         context = build_context(
             event_id=event_id,
@@ -488,14 +493,7 @@ class PostReg:
         """
         state = self._state(app)
         if isinstance(user, User):
-            event_id = new_event_id()
-            context = build_context(
-                event_id=event_id,
-                connection=state.connection,
-                tenant=state.tenant,
-                default_language=state.values["DEFAULT_LANGUAGE"],
-            )
-            event = Event(id=event_id, user=user, context=context)
+            event = state.event_for(user)
         elif isinstance(user, state.user_model):
             event = state.snapshot(user)
         else:

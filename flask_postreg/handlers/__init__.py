@@ -15,6 +15,8 @@ from flask import Blueprint
 
 from ..config import PREFIX
 from ..config import ConfigError
+from ..config import check_bool
+from ..config import positive_float
 from ..config import register
 from ..dispatch import Hook
 
@@ -39,20 +41,6 @@ def _opt_bool(name: str, value: Any) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise ConfigError(f"{PREFIX}{name} must be True, False or None, got {value!r}")
     return value
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{PREFIX}{name} must be True or False, got {value!r}")
-    return value
-
-
-def _seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(
-            f"{PREFIX}{name} must be a number of seconds > 0, got {value!r}"
-        )
-    return float(value)
 
 
 def _seconds_or_zero(name: str, value: Any) -> float:
@@ -163,7 +151,7 @@ register(
     "SLACK_TIMEOUT",
     10.0,
     "Seconds one Slack attempt may take in total (connect, send, answer).",
-    _seconds,
+    positive_float,
 )
 register(
     "SLACK_MIN_INTERVAL",
@@ -188,7 +176,7 @@ register(
     "MAIL_WELCOME",
     False,
     "Send each new user a welcome message (registers the `mail:welcome` hook).",
-    _bool,
+    check_bool,
 )
 register("MAIL_SERVER", "localhost", "SMTP server host.", _opt_str)
 register(
@@ -199,8 +187,12 @@ register(
 )
 register("MAIL_USERNAME", None, "SMTP login user (none: no login).", _opt_str)
 register("MAIL_PASSWORD", None, "SMTP login password; never logged.", _opt_str)
-register("MAIL_USE_TLS", False, "Upgrade with STARTTLS (certificate verified).", _bool)
-register("MAIL_USE_SSL", False, "Implicit TLS from the first byte (port 465).", _bool)
+register(
+    "MAIL_USE_TLS", False, "Upgrade with STARTTLS (certificate verified).", check_bool
+)
+register(
+    "MAIL_USE_SSL", False, "Implicit TLS from the first byte (port 465).", check_bool
+)
 register(
     "MAIL_SENDER",
     None,
@@ -211,7 +203,7 @@ register(
     "MAIL_TIMEOUT",
     10.0,
     "Seconds per SMTP socket operation (the whole exchange gets twice that).",
-    _seconds,
+    positive_float,
 )
 register(
     "MAIL_CA_FILE",
@@ -232,13 +224,13 @@ register(
     "WEBHOOK_TIMEOUT",
     10.0,
     "Seconds one webhook attempt may take in total (connect, send, answer).",
-    _seconds,
+    positive_float,
 )
 register(
     "CONSOLE",
     False,
     "Log each registration's JSON at INFO on `flask_postreg.console` (for development).",
-    _bool,
+    check_bool,
 )
 
 #: Templates under ``templates/postreg/``; the app's own templates win.
