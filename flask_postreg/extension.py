@@ -144,8 +144,20 @@ class _State:
 
     def _default_store(self) -> str:
         """``database`` unless the database is in-memory SQLite (nothing to keep)."""
-        with self.app.app_context():
-            url = self.db.engines[self.bind_key].url
+        try:
+            with self.app.app_context():
+                url = self.db.engines[self.bind_key].url
+        except (KeyError, RuntimeError) as exc:
+            bind = (
+                "the default bind"
+                if self.bind_key is None
+                else f"bind {self.bind_key!r}"
+            )
+            raise PostRegError(
+                f"PostReg found no database engine for {bind}: call db.init_app(app)"
+                " before postreg.init_app(app), and check SQLALCHEMY_DATABASE_URI /"
+                " SQLALCHEMY_BINDS."
+            ) from exc
         in_memory = url.get_backend_name() == "sqlite" and (
             url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
         )

@@ -99,3 +99,12 @@ def test_field_auto_detection(bare_app):
         "app_metadata",
     }
     postreg.shutdown()
+
+
+def test_extension_before_db_says_what_to_do(tmp_path):
+    app = Flask("early")
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/early.db"
+    with pytest.raises(
+        PostRegError, match=r"db.init_app\(app\) before postreg.init_app"
+    ):
+        PostReg(app, db=db, user_model=Account)
