@@ -103,6 +103,7 @@ class _State:
                 tables,
                 bind_key=self.bind_key,
                 history_size=values["HISTORY_SIZE"],
+                lease_grace=values["LEASE_GRACE"],
             )
             self.poller = Poller(self, self.store)
         else:
