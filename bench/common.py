@@ -84,8 +84,10 @@ def make_app(
     *,
     postreg: dict[str, Any] | None = None,
     hooks: Sequence[Callable[..., Any]] = (),
+    url: str | None = None,
 ) -> BenchApp:
-    """A fresh app on a fresh SQLite file in the run's temp dir.
+    """A fresh app on a fresh SQLite file in the run's temp dir (or on ``url``,
+    an empty database, e.g. PostgreSQL).
 
     ``postreg=None`` builds the baseline: the same model and database shape,
     without the extension. Otherwise it is the ``POSTREG_*`` config (short keys)
@@ -117,7 +119,7 @@ def make_app(
     path = os.path.join(settings.workdir, f"{n:02d}-{label}.sqlite")
     app = Flask(f"bench_{label}_{n}")
     app.config.update(
-        SQLALCHEMY_DATABASE_URI="sqlite:///" + path,
+        SQLALCHEMY_DATABASE_URI=url or "sqlite:///" + path,
         SECRET_KEY="bench",
     )
     ext = None

@@ -6,6 +6,10 @@ same process, rounds interleaved, median of the rounds:
 - *registrations*: register ``N`` users (one commit each), time from the
   first commit until ``join()`` returns: events/s. Baseline: the same loop in
   an app without the extension (its rate is the ceiling the commit sets).
+- *registrations on PostgreSQL* (database store): the same, on a throwaway
+  PostgreSQL server started with ``tests/postgres.py`` (the test fixture's
+  module) when the binaries are there; the baseline is the bare commit loop on
+  another database of that server.
 - *emit, no database*: ``postreg.emit(flask_postreg.User(...))`` ``N`` times,
   then ``join()``: the dispatch path alone (snapshot, queue, worker, app
   context, signal, record). Baseline: a bare ``ThreadPoolExecutor`` with the
@@ -65,12 +69,22 @@ def _executor(pool: concurrent.futures.ThreadPoolExecutor, users: list[User]) ->
     return time.perf_counter() - start
 
 
-def measure(run: Run, store: str, candidate: BenchApp) -> None:
+def measure(
+    run: Run,
+    store: str,
+    candidate: BenchApp,
+    *,
+    baseline_url: str | None = None,
+    emits: bool = True,
+    on: str = "",
+) -> None:
+    """The figures for ``store``; ``on`` names the database when not SQLite."""
     settings, report = run.settings, run.report
     n = settings.pick(2000, 300)
     rounds = settings.pick(5, 2)
 
-    baseline = make_app(settings, f"drain-{store}-baseline")
+    where = f"-{on.lower()}" if on else ""
+    baseline = make_app(settings, f"drain-{store}{where}-baseline", url=baseline_url)
     try:
         commit_loop(baseline, 50)
         _registrations(candidate, 50)
@@ -87,14 +101,20 @@ def measure(run: Run, store: str, candidate: BenchApp) -> None:
     base_rate = n / median(results["baseline"])
     ratio = median(paired_ratios(results["baseline"], results["candidate"]))
     report.figure(
-        f"drain throughput, {store} store, registrations",
+        f"drain throughput, {store} store{' on ' + on if on else ''}, registrations",
         f"{rate_text(rate)} events/s",
         f"{ratio:.2f}x the bare commit loop's {rate_text(base_rate)}"
         " commits/s; goal: report",
         None,
         f"{n} registrations x {rounds} rounds, first commit to join()",
     )
+    if emits:
+        _measure_emits(run, store, candidate)
 
+
+def _measure_emits(run: Run, store: str, candidate: BenchApp) -> None:
+    settings, report = run.settings, run.report
+    rounds = settings.pick(5, 2)
     m = settings.pick(20_000, 2_000)
     users = [
         User(id=str(i), username=f"emit{i}", email=f"emit{i}@example.com")
@@ -147,3 +167,44 @@ def run(run: Run) -> None:
         measure(run, "database", database)
     finally:
         close(database)
+    postgresql(run)
+
+
+def postgresql(run: Run) -> None:
+    """Registrations drained on the database store on PostgreSQL, if a throwaway
+    server can be started here (the test suite's own helper, not a copy)."""
+    try:
+        from tests import postgres
+    except ImportError as exc:
+        run.report.line(f"database store on PostgreSQL: not measured ({exc})")
+        return
+    try:
+        server = postgres.PostgresServer()
+        server.start()
+    except Exception as exc:
+        run.report.line(f"database store on PostgreSQL: not measured ({exc})")
+        return
+    try:
+        database, why = database_store_app(
+            run.settings,
+            "drain-postgresql",
+            postreg={"MAX_QUEUE": 100_000, "MAX_WORKERS": WORKERS},
+            hooks=[noop_hook],
+            url=server.create_database("bench"),
+        )
+        if database is None:
+            run.report.line(f"database store on PostgreSQL: not available ({why})")
+            return
+        try:
+            measure(
+                run,
+                "database",
+                database,
+                on="PostgreSQL",
+                baseline_url=server.create_database("bench"),
+                emits=False,
+            )
+        finally:
+            close(database)
+    finally:
+        server.stop()

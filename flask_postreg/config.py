@@ -201,6 +201,14 @@ register(
     positive_float,
 )
 register(
+    "LEASE_GRACE",
+    60.0,
+    "Database store: seconds a delivery's lease lasts beyond the hook's timeout"
+    " (queue wait, slow writes); after a crash its deliveries run again once the"
+    " lease expired.",
+    positive_float,
+)
+register(
     "RETENTION_DAYS",
     7.0,
     "Database store: succeeded deliveries (and their events) older than this are"

@@ -118,6 +118,7 @@ class _State:
                 history_size=values["HISTORY_SIZE"],
                 # Inline runs write at once; the pool batches its outcomes.
                 batch_delay=0.0 if values["BACKEND"] == "sync" else OUTCOME_BATCH_DELAY,
+                lease_grace=values["LEASE_GRACE"],
             )
             self.poller = Poller(self, self.store)
         else:

@@ -54,9 +54,14 @@ class Poller:
         hooks = self.state.hooks()
         limit = min(BATCH, backend.capacity())
         started = 0
+        refused = []
         for delivery in self.store.claim_due(hooks, limit):
             if backend.submit(delivery):
                 started += 1
+            else:  # the queue filled meanwhile: don't sit on the lease
+                refused.append(delivery)
+        if refused:
+            self.store.unclaim(refused)
         now = time.monotonic()
         if now - self._last_prune > PRUNE_EVERY:
             self._last_prune = now

@@ -14,8 +14,16 @@ from flask.globals import _cv_app
 
 from flask_postreg import PostReg
 
+from . import postgres
 from .models import Account
 from .models import db
+
+#: ``pytestmark = pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)``
+#: runs a module's tests on a SQLite file and on PostgreSQL, with no copied code.
+BOTH_DATABASES = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+]
 
 
 def sqlite_savepoint_recipe(engine: sa.Engine) -> None:
@@ -47,9 +55,73 @@ class Recorder:
             return [u.email for u, _ in self.calls]
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[postgres.PostgresServer]:
+    """A throwaway PostgreSQL server for the session (initdb + pg_ctl).
+
+    Skips without the binaries, unless ``POSTREG_TEST_REQUIRE_POSTGRES=1``.
+    """
+    try:
+        server = postgres.PostgresServer()
+    except postgres.Unavailable as exc:
+        if postgres.required():
+            pytest.fail(f"{postgres.REQUIRE_ENV} is set but {exc}")
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    try:
+        server.start()
+    except postgres.Unavailable as exc:
+        server.stop()
+        if postgres.required():
+            pytest.fail(f"{postgres.REQUIRE_ENV} is set but {exc}")
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    except Exception:
+        server.stop()
+        raise
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def db_url(tmp_path: Any) -> str:
-    return f"sqlite:///{tmp_path}/app.db"
+def new_db_url(
+    request: pytest.FixtureRequest, tmp_path: Any
+) -> Iterator[Callable[[str], str]]:
+    """``new_db_url(name)``: the URL of another empty database of the test's kind.
+
+    The kind is the ``db_url`` parameter (``"sqlite"`` unless a module
+    parametrizes it): a SQLite file in ``tmp_path``, or a fresh PostgreSQL
+    database dropped after the test.
+    """
+    kind = _db_kind(request)
+    created: list[str] = []
+    server: postgres.PostgresServer | None = None
+
+    def factory(name: str) -> str:
+        nonlocal server
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path}/{name}.db"
+        if server is None:
+            server = request.getfixturevalue("pg_server")
+        url = server.create_database()
+        created.append(url)
+        return url
+
+    yield factory
+    for url in created:
+        assert server is not None
+        server.drop_database(url)
+
+
+def _db_kind(request: pytest.FixtureRequest) -> str:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and "db_url" in callspec.params:
+        return str(callspec.params["db_url"])
+    return "sqlite"
+
+
+@pytest.fixture
+def db_url(new_db_url: Callable[[str], str]) -> str:
+    """The test's database: a SQLite file, or PostgreSQL when parametrized so."""
+    return new_db_url("app")
 
 
 @pytest.fixture

@@ -8,15 +8,24 @@ from sqlalchemy.exc import IntegrityError
 
 from flask_postreg import User
 
+from .conftest import BOTH_DATABASES
 from .models import Account
 from .models import Post
 from .models import StaffAccount
 from .models import db
+from .outbox import assert_rows_match_committed
+from .outbox import events
+
+# The whole matrix on a SQLite file and on PostgreSQL (database store, the
+# default for both): hooks run, and outbox rows exist, exactly for committed users.
+pytestmark = pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)
 
 
-def registered(app, postreg, recorder):
+def registered(app, postreg, recorder, *, emitted=()):
     assert postreg.join(10)
-    return sorted(recorder.emails)
+    emails = sorted(recorder.emails)
+    assert_rows_match_committed(app, emails, emitted=emitted)
+    return emails
 
 
 def test_plain_commit_fires_once(app, postreg, recorder):
@@ -155,7 +164,7 @@ def test_subclass_fires_other_model_does_not(app, postreg, recorder):
     assert registered(app, postreg, recorder) == ["staff@example.com"]
 
 
-def test_five_apps_each_hook_called_once(make_app, tmp_path):
+def test_five_apps_each_hook_called_once(make_app, new_db_url):
     from flask import current_app
 
     from flask_postreg import PostReg
@@ -166,7 +175,7 @@ def test_five_apps_each_hook_called_once(make_app, tmp_path):
         lambda user, ctx: seen.append((current_app.name, user.email)), name="seen"
     )
     apps = [
-        make_app(shared, name=f"tenant{i}", url=f"sqlite:///{tmp_path}/t{i}.db")[0]
+        make_app(shared, name=f"tenant{i}", url=new_db_url(f"t{i}"))[0]
         for i in range(5)
     ]
     for app in apps:
@@ -177,27 +186,33 @@ def test_five_apps_each_hook_called_once(make_app, tmp_path):
     assert sorted(seen) == sorted((a.name, f"{a.name}@example.com") for a in apps)
     tenants = {name for name, _ in seen}
     assert len(tenants) == 5
+    for app in apps:
+        assert_rows_match_committed(app, [f"{app.name}@example.com"])
 
 
-def test_app_without_extension_never_fires(make_app, tmp_path, postreg, recorder, app):
-    other, _ = make_app(extension=False, url=f"sqlite:///{tmp_path}/other.db")
+def test_app_without_extension_never_fires(
+    make_app, new_db_url, postreg, recorder, app
+):
+    other, _ = make_app(extension=False, url=new_db_url("other"))
     with other.app_context():
         db.session.add(Account(email="elsewhere@example.com"))
         db.session.commit()
     assert "postreg" not in other.extensions
     assert registered(app, postreg, recorder) == []
+    with other.app_context():  # the tables exist there (create_all), but empty
+        assert db.session.scalar(sa.text("SELECT count(*) FROM postreg_events")) == 0
 
 
-def test_listeners_installed_once_across_apps(make_app, tmp_path):
+def test_listeners_installed_once_across_apps(make_app, new_db_url):
     from sqlalchemy.orm import Session
 
     from flask_postreg import capture
 
     for i in range(3):
-        make_app(url=f"sqlite:///{tmp_path}/l{i}.db")
+        make_app(url=new_db_url(f"l{i}"))
     for name, fn in capture._LISTENERS:
         assert sa.event.contains(Session, name, fn)
-    make_app(url=f"sqlite:///{tmp_path}/l9.db")
+    make_app(url=new_db_url("l9"))
     ours = [fn for fn in Session().dispatch.after_commit if fn is capture.after_commit]
     assert len(ours) == 1
 
@@ -213,11 +228,12 @@ def test_core_insert_fires_nothing_but_emit_does(app, postreg, recorder):
         )
         event = postreg.emit(account)
         postreg.emit(User(id="u-9", email="plain@example.com"))
-    assert registered(app, postreg, recorder) == [
+    assert registered(app, postreg, recorder, emitted=["plain@example.com"]) == [
         "bulk@example.com",
         "plain@example.com",
     ]
     assert event.user.email == "bulk@example.com"
+    assert event.id in {row["id"] for row in events(app)}
 
 
 def test_emit_rejects_other_objects(app, postreg):

@@ -170,12 +170,17 @@ class ThreadBackend:
         with self._cond:
             if self._pid != os.getpid() or self._stopping:
                 self._stopping = True
-                return True
-            self._stopping = True
-            dropped_retries = len(self._timers)
-            self._pending -= dropped_retries
-            self._timers.clear()
-            self._wake_all()
+                nothing_to_drain = True
+            else:
+                nothing_to_drain = False
+                self._stopping = True
+                dropped_retries = len(self._timers)
+                self._pending -= dropped_retries
+                self._timers.clear()
+                self._wake_all()
+        if nothing_to_drain:  # nothing ran here, but outcomes may wait in the store
+            self._flush_store()
+            return True
         if dropped_retries and not self.dispatcher.store.durable:
             logger.warning(
                 "flask-postreg shut down with %d retries still scheduled; in memory"
@@ -187,10 +192,7 @@ class ThreadBackend:
         poller = self._poller
         if poller is not None and poller is not threading.current_thread():
             poller.join(max(timeout - (time.monotonic() - started), 0.1))
-        try:
-            self.dispatcher.store.flush()
-        except Exception:
-            logger.exception("flask-postreg could not write the last outcomes")
+        self._flush_store()
         if not done:
             logger.warning(
                 "flask-postreg shut down with %d deliveries unfinished after %.1fs",
@@ -200,6 +202,12 @@ class ThreadBackend:
         return done
 
     # -- internals ---------------------------------------------------------
+
+    def _flush_store(self) -> None:
+        try:
+            self.dispatcher.store.flush()
+        except Exception:
+            logger.exception("flask-postreg could not write the last outcomes")
 
     def _ensure_started(self) -> bool:
         """Start threads once per process; called with the lock held."""

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flask_postreg")
 
-#: Seconds a lease lasts beyond the hook's own timeout (queue wait, slow writes).
+#: Seconds a lease lasts beyond the hook's own timeout (queue wait, slow writes);
+#: ``POSTREG_LEASE_GRACE``.
 LEASE_GRACE = 60.0
 
 
@@ -86,8 +87,10 @@ class DatabaseStore(Store):
         bind_key: str | None = None,
         history_size: int = 1000,
         batch_delay: float = 0.0,
+        lease_grace: float = LEASE_GRACE,
     ) -> None:
         self.app = app
+        self.lease_grace = lease_grace
         self.db = db
         self.t = tables
         self.bind_key = bind_key
@@ -181,7 +184,7 @@ class DatabaseStore(Store):
                 }
             )
             for hook in hooks:
-                lease: float | None = now + (hook.timeout or 0) + LEASE_GRACE
+                lease: float | None = now + (hook.timeout or 0) + self.lease_grace
                 claim = 1
                 if not leased:
                     lease, claim = None, 0
@@ -248,20 +251,33 @@ class DatabaseStore(Store):
         """Just before an attempt: check or take the lease; None means skip it."""
         if delivery.row_id is None:
             return delivery
-        if delivery.attempt == 1 and delivery.claim == 1:
-            if delivery.lease_until is not None and time.time() > delivery.lease_until:
-                return None  # waited too long in the queue: the poller owns it now
-            return delivery
-        if delivery.lease_until is not None:  # claimed by the poller just now
+        if delivery.lease_until is not None:  # pre-leased, or claimed by a poller
+            # Start only if the attempt can end (hook timeout) within the lease:
+            # past it another process's poller may claim the row and run it too.
+            if time.time() + (delivery.hook.timeout or 0) > delivery.lease_until:
+                return None  # waited too long in the queue: a poller owns it now
             return delivery
         return self.claim_retry(delivery)
+
+    def _claim_values(self, lease: float, now: float) -> dict[str, Any]:
+        """A claim: one more attempt, a new token, the lease (and the poller's next
+        look at the row, should this process die, at the lease end)."""
+        d = self.t.deliveries
+        return {
+            "status": RUNNING,
+            "attempts": d.c.attempts + 1,
+            "claim": d.c.claim + 1,
+            "locked_until": lease,
+            "next_attempt_at": lease,
+            "updated_at": now,
+        }
 
     def claim_retry(self, delivery: Delivery) -> Delivery | None:
         """Take a pending retry this process scheduled, unless another did first."""
         self.flush()  # its 'pending' outcome may still be in the batch
         d = self.t.deliveries
         now = time.time()
-        lease = now + (delivery.hook.timeout or 0) + LEASE_GRACE
+        lease = now + (delivery.hook.timeout or 0) + self.lease_grace
         stmt = (
             sa.update(d)
             .where(
@@ -269,14 +285,7 @@ class DatabaseStore(Store):
                 d.c.claim == delivery.claim,
                 d.c.status == PENDING,
             )
-            .values(
-                status=RUNNING,
-                attempts=d.c.attempts + 1,
-                claim=d.c.claim + 1,
-                locked_until=lease,
-                next_attempt_at=lease,
-                updated_at=now,
-            )
+            .values(self._claim_values(lease, now))
             .returning(d.c.attempts, d.c.claim)
         )
         with self.engine.begin() as conn:
@@ -298,6 +307,29 @@ class DatabaseStore(Store):
         with self.engine.begin() as conn:
             conn.execute(stmt)
 
+    def unclaim(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand back claims that never ran (the queue refused them): due now, and
+        the attempt the claim counted is given back."""
+        d = self.t.deliveries
+        rows = [
+            {"b_id": x.row_id, "b_claim": x.claim}
+            for x in deliveries
+            if x.row_id is not None
+        ]
+        if not rows:
+            return
+        stmt = (
+            sa.update(d)
+            .where(
+                d.c.id == sa.bindparam("b_id"),
+                d.c.claim == sa.bindparam("b_claim"),
+                d.c.status == RUNNING,
+            )
+            .values(locked_until=0.0, next_attempt_at=0.0, attempts=d.c.attempts - 1)
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt, rows)
+
     def claim_due(self, hooks: Sequence[Hook], limit: int) -> list[Delivery]:
         """Lease up to ``limit`` due deliveries of ``hooks`` (retries, expired leases)."""
         if not hooks or limit <= 0:
@@ -305,7 +337,7 @@ class DatabaseStore(Store):
         by_name = {h.name: h for h in hooks}
         d = self.t.deliveries
         now = time.time()
-        lease = now + max(h.timeout or 0 for h in hooks) + LEASE_GRACE
+        lease = now + max(h.timeout or 0 for h in hooks) + self.lease_grace
         # Pending and due, or running with an ended lease (a dead process):
         # a running row's next_attempt_at is its lease end.
         due = sa.and_(
@@ -317,18 +349,22 @@ class DatabaseStore(Store):
             sa.select(d.c.id).where(due).order_by(d.c.next_attempt_at).limit(limit)
         )
         if self.engine.dialect.name == "postgresql":
-            candidates = candidates.with_for_update(skip_locked=True)
+            # A materialized CTE, run once. As "id IN (SELECT ... LIMIT n FOR
+            # UPDATE SKIP LOCKED)" PostgreSQL may rescan the subquery for each
+            # outer row; each rescan skips the rows just updated and takes the
+            # next n, so one poll claimed every due row, not n.
+            picked = (
+                candidates.with_for_update(skip_locked=True)
+                .cte("postreg_due")
+                .prefix_with("MATERIALIZED")
+            )
+            chosen = d.c.id == picked.c.id
+        else:  # SQLite: one UPDATE statement holds the write lock throughout
+            chosen = d.c.id.in_(candidates.scalar_subquery())
         stmt = (
             sa.update(d)
-            .where(d.c.id.in_(candidates.scalar_subquery()), due)
-            .values(
-                status=RUNNING,
-                attempts=d.c.attempts + 1,
-                claim=d.c.claim + 1,
-                locked_until=lease,
-                next_attempt_at=lease,
-                updated_at=now,
-            )
+            .where(chosen, due)
+            .values(self._claim_values(lease, now))
             .returning(d.c.id, d.c.event_id, d.c.hook, d.c.attempts, d.c.claim)
         )
         with self.engine.begin() as conn:

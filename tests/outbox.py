@@ -1,0 +1,90 @@
+"""Read the outbox tables back, and check they match exactly what was committed."""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+
+from .models import Account
+
+
+def store(app: Flask) -> Any:
+    return app.extensions["postreg"].store
+
+
+def is_database(app: Flask) -> bool:
+    return getattr(store(app), "name", "") == "database"
+
+
+def events(app: Flask) -> list[dict[str, Any]]:
+    """Every ``postreg_events`` row: id, user_id, and the payload's user e-mail."""
+    s = store(app)
+    e = s.t.events
+    with s.engine.connect() as conn:
+        rows = conn.execute(sa.select(e.c.id, e.c.user_id, e.c.payload)).all()
+    return [
+        {
+            "id": r.id,
+            "user_id": r.user_id,
+            "email": json.loads(r.payload)["user"]["email"],
+            "payload": r.payload,
+        }
+        for r in rows
+    ]
+
+
+def deliveries(app: Flask) -> list[Any]:
+    """Every ``postreg_deliveries`` row, after writing batched outcomes."""
+    s = store(app)
+    s.flush()
+    with s.engine.connect() as conn:
+        return list(conn.execute(sa.select(s.t.deliveries)).all())
+
+
+def accounts(app: Flask) -> dict[str, str]:
+    """Committed accounts in the app's database: e-mail -> id (as text)."""
+    s = store(app)
+    table = Account.__table__
+    with s.engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c.email, table.c.id)).all()
+    return {email: str(id_) for email, id_ in rows}
+
+
+def assert_rows_match_committed(
+    app: Flask, emails: Iterable[str], *, emitted: Iterable[str] = ()
+) -> None:
+    """Database mode: the outbox holds exactly the committed users' events.
+
+    ``emails`` are the users whose hooks ran; ``emitted`` those among them sent
+    with ``postreg.emit(User(...))`` that have no account row. Checks:
+
+    - one ``postreg_events`` row per registration, for exactly those users;
+    - every account in the database has its event (none without), and the
+      event's ``user_id`` is that account's id;
+    - one ``postreg_deliveries`` row per event per enabled hook, all succeeded
+      (call after ``postreg.join()``).
+    """
+    if not is_database(app):
+        return
+    expected = sorted(emails)
+    emitted = set(emitted)
+    rows = events(app)
+    assert sorted(r["email"] for r in rows) == expected
+    committed = accounts(app)
+    assert sorted(committed) == sorted(e for e in expected if e not in emitted)
+    for row in rows:
+        if row["email"] in committed:
+            assert row["user_id"] == committed[row["email"]], row
+    hooks = sorted(h.name for h in app.extensions["postreg"].hooks())
+    per_event: dict[str, list[str]] = collections.defaultdict(list)
+    for d in deliveries(app):
+        per_event[d.event_id].append(d.hook)
+        assert d.status == "succeeded", (d.hook, d.status, d.error)
+    assert set(per_event) == {r["id"] for r in rows}
+    for event_id, names in per_event.items():
+        assert sorted(names) == hooks, event_id

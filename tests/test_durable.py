@@ -1,0 +1,544 @@
+"""The database store (issue 3, DESIGN 4.7, 4.8): durable at-least-once delivery.
+
+Most tests run on a SQLite file and on PostgreSQL; the competing-workers test
+needs PostgreSQL's ``FOR UPDATE SKIP LOCKED`` and runs there only.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import itertools
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from flask_postreg import User
+from flask_postreg.dispatch import RetryPolicy
+from flask_postreg.events import Context
+from flask_postreg.events import Event
+from flask_postreg.events import new_event_id
+
+from . import workers
+from .conftest import BOTH_DATABASES
+from .conftest import Recorder
+from .models import Account
+from .models import db
+from .outbox import accounts
+from .outbox import deliveries
+from .outbox import events
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+both = pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)
+postgres_only = pytest.mark.parametrize("db_url", BOTH_DATABASES[1:], indirect=True)
+
+
+def register(app, email="ann@example.com", **fields):
+    with app.app_context():
+        db.session.add(Account(email=email, **fields))
+        db.session.commit()
+
+
+def wait_for(predicate, timeout, what="condition"):
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def store(app):
+    return app.extensions["postreg"].store
+
+
+def row(app, row_id):
+    (found,) = [d for d in deliveries(app) if d.id == row_id]
+    return found
+
+
+def make_event(i: int) -> Event:
+    event_id = new_event_id()
+    user = User(id=str(i), email=f"u{i}@example.com", username=f"u{i}")
+    return Event(id=event_id, user=user, context=Context(event_id=event_id))
+
+
+def spawn(tmp_path, *args):
+    """``python -m tests.workers ARGS`` with its output in a file (no pipe to fill)."""
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    path = tmp_path / f"child-{args[0]}-{time.monotonic_ns()}.log"
+    with open(path, "w") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.workers", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    proc.output_path = path  # type: ignore[attr-defined]
+    return proc
+
+
+def output(proc) -> str:
+    return proc.output_path.read_text()[-4000:]
+
+
+def read_lines(path: pathlib.Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- crash recovery -----------------------------------------------------------
+
+
+@both
+@pytest.mark.slow
+def test_crash_recovery_runs_every_committed_hook(make_app, db_url, tmp_path, capsys):
+    """SIGKILL a process mid-way through 200 registrations; a fresh one finishes."""
+    log = tmp_path / "runs.txt"
+    app, postreg = make_app(
+        POSTREG_POLL_INTERVAL=0.1,
+        POSTREG_HOOK_TIMEOUT=1.0,
+        POSTREG_LEASE_GRACE=2.0,
+        POSTREG_MAX_QUEUE=40,
+        POSTREG_RETRY_SCHEDULE=[0.1],
+    )
+    for name in workers.CRASH_HOOKS:
+        postreg.hook(workers.appender(str(log), name), name=name)
+
+    child = spawn(tmp_path, "crash", db_url, str(log))
+    try:
+        wait_for(
+            lambda: len(read_lines(log)) >= 60 or child.poll() is not None,
+            60,
+            "the child's first hook runs",
+        )
+        assert child.poll() is None, "child ended before the kill:\n" + output(child)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert child.returncode == -signal.SIGKILL
+    ran_in_child = len(read_lines(log))
+
+    committed = accounts(app)
+    assert 0 < len(committed) <= 200
+    postreg.start(app)  # the "restarted" process: the poller takes expired leases
+    expected = len(committed) * len(workers.CRASH_HOOKS)
+
+    def all_succeeded():
+        counts = store(app).counts()
+        done = sum(counts.get((name, "succeeded"), 0) for name in workers.CRASH_HOOKS)
+        return done == expected == sum(counts.values())
+
+    wait_for(all_succeeded, 60, "every delivery succeeded after the restart")
+    assert postreg.join(10)
+
+    rows = deliveries(app)
+    assert not [d for d in rows if d.status == "dead"]
+    assert sorted(e["email"] for e in events(app)) == sorted(committed)
+    by_event = {e["id"]: e["email"] for e in events(app)}
+    runs = collections.Counter((r[0], r[1]) for r in read_lines(log))
+    for event_id in by_event:
+        for name in workers.CRASH_HOOKS:
+            assert runs[(event_id, name)] >= 1, (event_id, name)
+    assert set(runs) <= {(e, h) for e in by_event for h in workers.CRASH_HOOKS}
+    twice = sum(1 for n in runs.values() if n > 1)
+    recovered = sum(1 for r in read_lines(log) if int(r[2]) == os.getpid())
+    assert recovered > 0
+    kind = sa.make_url(db_url).get_backend_name()
+    with capsys.disabled():
+        print(
+            f"\ncrash recovery ({kind}): {len(committed)} users committed before"
+            f" SIGKILL, {ran_in_child} hook runs in the killed process,"
+            f" {recovered} after the restart, {twice} (event, hook) ran twice"
+        )
+
+
+# -- competing workers -----------------------------------------------------------
+
+
+@postgres_only
+@pytest.mark.slow
+def test_competing_workers_never_overlap_nor_lose(make_app, db_url, tmp_path, capsys):
+    """4 processes drain 2,000 deliveries: no delivery runs twice at once, none lost."""
+    n = 2000
+    app, postreg = make_app()
+    postreg.hook(lambda user, context: None, name="record")
+    state = app.extensions["postreg"]
+    hooks = [h for h in state.hooks() if h.name == "record"]
+    s = store(app)
+    with s.engine.begin() as conn:
+        written = s.write(conn, [make_event(i) for i in range(n)], hooks)
+    s.release([d.row_id for d in written])  # due now, for any process's poller
+
+    go = tmp_path / "go"
+    logs = [tmp_path / f"runs-{i}.txt" for i in range(4)]
+    procs = [spawn(tmp_path, "drain", db_url, str(log), str(go)) for log in logs]
+    try:
+        wait_for(
+            lambda: (
+                len(list(tmp_path.glob("go.ready.*"))) == 4
+                or any(p.poll() is not None for p in procs)
+            ),
+            60,
+            "4 workers ready",
+        )
+        go.write_text("go")
+        for p in procs:
+            p.wait(120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    for p in procs:
+        assert p.returncode == 0, output(p)
+
+    runs = collections.defaultdict(list)
+    pids = collections.Counter()
+    for log in logs:
+        for event_id, attempt, pid, start, end in read_lines(log):
+            runs[event_id].append((float(start), float(end), int(attempt), int(pid)))
+            pids[int(pid)] += 1
+    assert len(runs) == n  # none lost
+    for event_id, intervals in runs.items():
+        intervals.sort()
+        for (_, end, *_), (start, *_) in itertools.pairwise(intervals):
+            assert start >= end, (event_id, intervals)  # never two at once
+    rows = deliveries(app)
+    assert len(rows) == n and {d.status for d in rows} == {"succeeded"}
+    assert len(pids) >= 2, pids  # they did compete
+    double = sum(1 for intervals in runs.values() if len(intervals) > 1)
+    with capsys.disabled():
+        print(
+            f"\ncompeting workers (postgresql): {n} deliveries, runs per process"
+            f" {sorted(pids.values(), reverse=True)}, {double} ran twice"
+        )
+
+
+# -- retries ------------------------------------------------------------------------
+
+
+@both
+def test_fails_twice_then_succeeds_with_three_attempts(make_app):
+    app, postreg = make_app()
+    attempts = []
+
+    def flaky(user, context):
+        attempts.append(context.attempt)
+        if len(attempts) < 3:
+            raise ConnectionError("try again")
+
+    postreg.hook(flaky, name="flaky", max_attempts=5)
+    register(app)
+    assert postreg.join(10)
+    (d,) = deliveries(app)
+    assert attempts == [1, 2, 3]
+    assert (d.status, d.attempts, d.error, d.locked_until) == (
+        "succeeded",
+        3,
+        None,
+        None,
+    )
+
+
+@both
+def test_always_failing_is_dead_after_max_attempts(make_app):
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: 1 / 0, name="zero", max_attempts=3)
+    register(app)
+    assert postreg.join(10)
+    (d,) = deliveries(app)
+    assert (d.status, d.attempts, d.error_class) == ("dead", 3, "ZeroDivisionError")
+    (record,) = store(app).deliveries(status="dead")
+    assert record.next_attempt_at is None
+
+
+@both
+def test_next_attempt_from_jittered_schedule_and_restart_runs_it(
+    make_app, db_url, caplog
+):
+    """The stored next attempt follows the schedule and an injected random source;
+    shutdown leaves it pending, and another process runs it when due."""
+    app, postreg = make_app(POSTREG_RETRY_SCHEDULE=[300, 600])
+    app.extensions["postreg"].dispatcher.policy = RetryPolicy(
+        [300, 600], rand=lambda: 0.0
+    )
+    postreg.hook(lambda u, c: 1 / 0, name="later", max_attempts=3)
+    with caplog.at_level(logging.ERROR, logger="flask_postreg"):
+        register(app)
+        d = wait_for(
+            lambda: [d for d in deliveries(app) if d.status == "pending"],
+            10,
+            "the first failure recorded",
+        )[0]
+    assert d.next_attempt_at - d.updated_at == pytest.approx(300 * 0.8)
+    assert d.attempts == 1
+    (record,) = store(app).deliveries(status="pending")
+    assert record.next_attempt_at is not None
+    postreg.shutdown(5)  # the in-process retry is 4 minutes away: dropped
+    assert row(app, d.id).status == "pending"  # ...but not lost
+
+    with app.app_context():  # time passes: the retry is due
+        db.session.execute(
+            sa.update(store(app).t.deliveries).values(next_attempt_at=time.time() - 1)
+        )
+        db.session.commit()
+    ran = []
+    other, other_postreg = make_app(url=db_url, POSTREG_POLL_INTERVAL=0.05)
+    other_postreg.hook(lambda u, c: ran.append(c.attempt), name="later")
+    other_postreg.start(other)
+    wait_for(lambda: row(other, d.id).status == "succeeded", 20, "the retry ran")
+    assert ran == [2] and row(other, d.id).attempts == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_retry_schedule_jitter_bounds_in_rows():
+    """Stored delays are schedule x [0.8, 1.2]: the extremes of the random source."""
+    for rand, factor in ((0.0, 0.8), (0.5, 1.0), (1.0, 1.2)):
+        policy = RetryPolicy([5, 300, 1800], rand=lambda r=rand: r)
+        assert [policy.delay(a) for a in (1, 2, 3, 4)] == pytest.approx(
+            [5 * factor, 300 * factor, 1800 * factor, 1800 * factor]
+        )
+
+
+# -- missing tables --------------------------------------------------------------
+
+
+@both
+def test_missing_tables_registration_succeeds_and_says_what_to_run(make_app, caplog):
+    app, postreg = make_app(POSTREG_POLL_INTERVAL=0.05)
+    recorder = Recorder()
+    postreg.hook(recorder, name="recorder")
+    t = store(app).t
+    with app.app_context():
+        t.deliveries.drop(db.engine)
+        t.events.drop(db.engine)
+    with caplog.at_level(logging.WARNING, logger="flask_postreg"):
+        register(app, "ann@example.com")
+        register(app, "bob@example.com")
+        assert postreg.join(10)
+    assert sorted(recorder.emails) == ["ann@example.com", "bob@example.com"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors  # once per engine, not per registration
+    assert "postreg_events" in errors[0] and "postreg_deliveries" in errors[0]
+    assert "db.create_all()" in errors[0] and "flask db upgrade" in errors[0]
+    assert [o.status for o in store(app).recent(hook="recorder")] == ["succeeded"] * 2
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Account)) == 2
+
+
+# -- privacy -----------------------------------------------------------------------
+
+
+@both
+def test_no_secret_nor_personal_data_in_stored_errors(make_app):
+    app, postreg = make_app(POSTREG_SECRETS={"CRM_TOKEN": "tok-very-secret-123"})
+
+    def leaky(user, context):
+        raise RuntimeError(
+            f"CRM refused {user.email} with token {context.secrets['CRM_TOKEN']}"
+        )
+
+    postreg.hook(leaky, name="crm", max_attempts=2)
+    register(app, "ann.private@example.com", password_hash="pbkdf2:SECRET-HASH")
+    assert postreg.join(10)
+    (d,) = deliveries(app)
+    assert d.status == "dead" and d.error_class == "RuntimeError"
+    assert "tok-very-secret-123" not in d.error and "[secret]" in d.error
+    assert "ann.private@example.com" not in d.error and "[email]" in d.error
+    everything = repr(deliveries(app)) + repr(events(app))
+    assert "tok-very-secret-123" not in everything
+    assert "SECRET-HASH" not in everything
+    assert "CRM_TOKEN" not in everything
+
+
+# -- claims ------------------------------------------------------------------------
+
+
+@both
+def test_stale_worker_cannot_overwrite_a_newer_outcome(make_app):
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="h")
+    state = app.extensions["postreg"]
+    s = store(app)
+    with s.engine.begin() as conn:
+        (old,) = s.write(conn, [make_event(1)], state.hooks())
+    assert old.claim == 1
+    s.release([old.row_id])  # its lease ended (the queue refused it, a slow worker)
+    (new,) = s.claim_due(state.hooks(), 10)  # another worker claims it: claim 2
+    assert (new.row_id, new.claim, new.attempt) == (old.row_id, 2, 2)
+
+    state.dispatcher.finish(old, RuntimeError("late and stale"), 1.0)
+    d = row(app, old.row_id)
+    assert (d.status, d.claim, d.attempts, d.error) == ("running", 2, 2, None)
+    assert s.claim_retry(old.next()) is None  # nor can it take the row back
+
+    state.dispatcher.finish(new, None, 0.5)
+    d = row(app, old.row_id)
+    assert (d.status, d.claim, d.attempts) == ("succeeded", 2, 2)
+    state.dispatcher.finish(old, RuntimeError("even later"), 1.0)
+    assert row(app, old.row_id).status == "succeeded"
+
+
+@both
+def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
+    """A claimed delivery that waited in the queue until its lease could end
+    mid-attempt is skipped: another process may claim it, never run it alongside."""
+    app, postreg = make_app(POSTREG_HOOK_TIMEOUT=10.0)
+    postreg.hook(lambda u, c: None, name="h")
+    state = app.extensions["postreg"]
+    s = store(app)
+    with s.engine.begin() as conn:
+        (first,) = s.write(conn, [make_event(1)], state.hooks())
+    assert s.prepare(first) is first
+    s.release([first.row_id])
+    (claimed,) = s.claim_due(state.hooks(), 10)
+    assert s.prepare(claimed) is claimed
+    late = dataclasses.replace(claimed, lease_until=time.time() + 5)
+    assert s.prepare(late) is None
+
+
+# -- query API ---------------------------------------------------------------------
+
+
+@both
+def test_query_api(make_app, db_url):
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="ok")
+    postreg.hook(lambda u, c: 1 / 0, name="bad", max_attempts=1)
+    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    for i in range(3):
+        register(app, f"u{i}@example.com")
+    assert postreg.join(10)
+    postreg.shutdown(5)  # no poller from here on: the rows stay as we leave them
+    s = store(app)
+
+    assert s.counts() == {("ok", "succeeded"): 3, ("bad", "dead"): 3}
+    dead = s.deliveries(status="dead")
+    assert len(dead) == 3 and {d.hook for d in dead} == {"bad"}
+    assert all(d.error_class == "ZeroDivisionError" for d in dead)
+    assert len(s.deliveries(hook="ok", limit=2)) == 2
+    newest_first = s.deliveries(limit=10)
+    assert len(newest_first) == 6
+    assert [d.created_at for d in newest_first] == sorted(
+        (d.created_at for d in newest_first), reverse=True
+    )
+    assert len(s.deliveries(since=before)) == 6
+    assert s.deliveries(since=dt.datetime.now(dt.timezone.utc)) == []
+    assert s.deliveries(until=before) == []
+    assert newest_first[0].to_dict()["created_at"].endswith("+00:00")
+
+    ok_id = s.deliveries(hook="ok", limit=1)[0].id
+    assert s.retry([dead[0].id, ok_id]) == 1  # a succeeded one is not retried
+    retried = row(app, dead[0].id)
+    assert (retried.status, retried.attempts) == ("pending", 0)
+    assert s.retry_dead(hook="ok") == 0
+    assert s.retry_dead(hook="bad") == 2
+    assert s.counts() == {("ok", "succeeded"): 3, ("bad", "pending"): 3}
+
+    # Another process with the fixed hook runs them: fresh attempt budget.
+    other, other_postreg = make_app(url=db_url, POSTREG_POLL_INTERVAL=0.05)
+    other_postreg.hook(lambda u, c: None, name="ok")
+    other_postreg.hook(lambda u, c: None, name="bad", max_attempts=1)
+    other_postreg.start(other)
+    wait_for(
+        lambda: s.counts() == {("ok", "succeeded"): 3, ("bad", "succeeded"): 3},
+        20,
+        "the retried deliveries ran",
+    )
+    assert {d.attempts for d in s.deliveries(hook="bad")} == {1}
+    assert other_postreg.shutdown(5)
+
+    # prune: only succeeded deliveries older than the cutoff, and their events.
+    assert s.prune(7) == 0
+    with app.app_context():
+        old = time.time() - 8 * 86400
+        first = s.deliveries(hook="ok", limit=10)[-1].event_id
+        db.session.execute(
+            sa.update(s.t.deliveries)
+            .where(s.t.deliveries.c.event_id == first)
+            .values(updated_at=old)
+        )
+        db.session.execute(
+            sa.update(s.t.events).where(s.t.events.c.id == first).values(created_at=old)
+        )
+        db.session.commit()
+    assert s.prune(7) == 2
+    assert first not in {e["id"] for e in events(app)}
+    assert len(events(app)) == 2 and len(deliveries(app)) == 4
+
+
+@both
+def test_claim_due_takes_at_most_limit(make_app):
+    """PostgreSQL once claimed every due row per poll (a rescanned LIMIT subquery)."""
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="h")
+    state = app.extensions["postreg"]
+    s = store(app)
+    with s.engine.begin() as conn:
+        written = s.write(conn, [make_event(i) for i in range(50)], state.hooks())
+    s.release([d.row_id for d in written])
+    first = s.claim_due(state.hooks(), 20)
+    second = s.claim_due(state.hooks(), 20)
+    third = s.claim_due(state.hooks(), 20)
+    assert [len(first), len(second), len(third)] == [20, 20, 10]
+    ids = [d.row_id for d in first + second + third]
+    assert len(set(ids)) == 50
+    assert s.claim_due(state.hooks(), 20) == []
+
+
+@both
+def test_poller_hands_back_what_the_queue_refuses(make_app):
+    """A claim the backend cannot queue is released at once, its attempt given
+    back, instead of sitting on its lease (hook timeout + grace) unrun."""
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="h")
+    state = app.extensions["postreg"]
+    s = store(app)
+    with s.engine.begin() as conn:
+        written = s.write(conn, [make_event(i) for i in range(5)], state.hooks())
+    s.release([d.row_id for d in written])
+
+    class FullAfterTwo:
+        def __init__(self):
+            self.taken = []
+
+        def capacity(self):
+            return 5
+
+        def submit(self, delivery):
+            if len(self.taken) < 2:
+                self.taken.append(delivery)
+                return True
+            return False
+
+    backend = FullAfterTwo()
+    assert state.poller.poll_once(backend) == 2
+    rows = {d.id: d for d in deliveries(app)}
+    taken = {d.row_id for d in backend.taken}
+    for row_id, d in rows.items():
+        if row_id in taken:
+            assert (d.attempts, d.claim) == (2, 2) and d.locked_until > time.time()
+        else:
+            assert (d.attempts, d.claim, d.locked_until) == (1, 2, 0.0)
+    again = s.claim_due(state.hooks(), 10)
+    assert {d.row_id for d in again} == set(rows) - taken
+    assert {d.attempt for d in again} == {2}
