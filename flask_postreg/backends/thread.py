@@ -19,7 +19,6 @@ import dataclasses
 import heapq
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -85,6 +84,7 @@ class ThreadBackend:
         self._sched = threading.Condition(self._cond)
         self._idle = threading.Condition(self._cond)
         self._sched_wake_at = 0.0
+        self._tick = 1.0  # idle watchdog period: half the shortest timeout, <= 1 s
         self._pid: int | None = None
         self._queue: collections.deque[Delivery] = collections.deque()
         self._timers: list[tuple[float, int, Delivery]] = []
@@ -253,6 +253,19 @@ class ThreadBackend:
         if when < self._sched_wake_at:
             self._sched.notify()
 
+    def _watch(self, running: _Running) -> None:
+        """Make sure the watchdog will see ``running``'s deadline (lock held).
+
+        No wake-up per job: the scheduler never sleeps longer than its tick,
+        half the shortest timeout seen (1 s at most), so a deadline is noticed
+        at most a tick late. Only a shorter timeout than any before wakes it.
+        (Waking it for every job cost more CPU than the job: it woke to find the
+        job already done.)
+        """
+        if running.timeout / 2 < self._tick:
+            self._tick = running.timeout / 2
+            self._sched.notify()
+
     def _finished_one(self) -> None:
         """One delivery left the pool (lock held)."""
         self._pending -= 1
@@ -281,7 +294,7 @@ class ThreadBackend:
                 timeout = delivery.hook.timeout or 20.0
                 running = _Running(delivery, self.clock() + timeout, timeout)
                 self._running[token] = running
-                self._kick_scheduler(running.deadline)
+                self._watch(running)
             prepared = self.dispatcher.prepare(delivery)
             if prepared is None:  # another worker or process holds it
                 with self._cond:
@@ -347,9 +360,9 @@ class ThreadBackend:
                     wake += [
                         r.deadline for r in self._running.values() if not r.abandoned
                     ]
-                    wait = min(wake) - now if wake else None
-                    self._sched_wake_at = math.inf if wait is None else now + wait
-                    self._sched.wait(None if wait is None else max(wait, 0.001))
+                    wait = min(min(wake) - now, self._tick) if wake else self._tick
+                    self._sched_wake_at = now + wait
+                    self._sched.wait(max(wait, 0.001))
                     self._sched_wake_at = 0.0  # awake: no kick needed
             for running in expired:
                 error = HookTimeout(
