@@ -29,6 +29,7 @@ from . import runner
 from . import worker  # noqa: F401  (declares POSTREG_RUN_IN_WEB)
 from .backends import Backend
 from .backends import create as create_backend
+from .config import ConfigError
 from .dispatch import Delivery
 from .dispatch import Dispatcher
 from .dispatch import Hook
@@ -58,8 +59,37 @@ logger = logging.getLogger("flask_postreg")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Databases the durable store runs on (it needs UPDATE ... RETURNING).
+DURABLE_BACKENDS = ("postgresql", "sqlite")
+
 #: Seconds the database store gathers outcomes before writing them together.
 OUTCOME_BATCH_DELAY = 0.05
+
+
+def choose_store(url: sa.URL, asked: str | None) -> str:
+    """``asked``, or ``database`` unless the database is in-memory SQLite (nothing
+    to keep) or one the durable store cannot run on (then ``memory``, warned)."""
+    backend = url.get_backend_name()
+    supported = backend in DURABLE_BACKENDS
+    if asked == "database" and not supported:
+        raise ConfigError(
+            f"POSTREG_STORE='database' supports {' and '.join(DURABLE_BACKENDS)};"
+            f" this app's database is {backend}. Use POSTREG_STORE='memory'."
+        )
+    if asked is not None:
+        return asked
+    if not supported:
+        logger.warning(
+            "flask-postreg: the database store supports %s, not %s; using the memory"
+            " store (not durable). Set POSTREG_STORE='memory' to silence this.",
+            " and ".join(DURABLE_BACKENDS),
+            backend,
+        )
+        return "memory"
+    in_memory = backend == "sqlite" and (
+        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+    )
+    return "memory" if in_memory else "database"
 
 
 class _State:
@@ -105,7 +135,7 @@ class _State:
         #: Open ``record_events()`` blocks (see :mod:`flask_postreg.recording`).
         self.recorders: list[recording.Recorder] = []
         self.bind_key: str | None = user_model.metadata.info.get("bind_key")  # type: ignore[attr-defined]
-        self.store_name = values["STORE"] or self._default_store()
+        self.store_name = self._choose_store(values["STORE"])
         self.store: Store
         self.poller: Poller | None = None
         if self.store_name == "database":
@@ -143,8 +173,8 @@ class _State:
         self._overflow_lock = threading.Lock()
         self.overflow = []
 
-    def _default_store(self) -> str:
-        """``database`` unless the database is in-memory SQLite (nothing to keep)."""
+    def _choose_store(self, asked: str | None) -> str:
+        """The configured store, or the default: ``database`` where it can work."""
         try:
             with self.app.app_context():
                 url = self.db.engines[self.bind_key].url
@@ -159,10 +189,7 @@ class _State:
                 " before postreg.init_app(app), and check SQLALCHEMY_DATABASE_URI /"
                 " SQLALCHEMY_BINDS."
             ) from exc
-        in_memory = url.get_backend_name() == "sqlite" and (
-            url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
-        )
-        return "memory" if in_memory else "database"
+        return choose_store(url, asked)
 
     @property
     def durable(self) -> bool:

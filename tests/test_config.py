@@ -108,3 +108,35 @@ def test_extension_before_db_says_what_to_do(tmp_path):
         PostRegError, match=r"db.init_app\(app\) before postreg.init_app"
     ):
         PostReg(app, db=db, user_model=Account)
+
+
+@pytest.mark.parametrize(
+    ("url", "asked", "expected"),
+    [
+        ("sqlite:////tmp/x.db", None, "database"),
+        ("sqlite://", None, "memory"),
+        ("sqlite:///file:x?mode=memory&uri=true", None, "memory"),
+        ("postgresql+psycopg://u@h/db", None, "database"),
+        ("sqlite:////tmp/x.db", "memory", "memory"),
+        ("mysql+pymysql://u@h/db", None, "memory"),
+        ("mysql+pymysql://u@h/db", "memory", "memory"),
+    ],
+)
+def test_store_choice(url, asked, expected, caplog):
+    from sqlalchemy.engine import make_url
+
+    from flask_postreg.extension import choose_store
+
+    with caplog.at_level("WARNING", logger="flask_postreg"):
+        assert choose_store(make_url(url), asked) == expected
+    assert ("not durable" in caplog.text) == (url.startswith("mysql") and asked is None)
+
+
+def test_database_store_on_an_unsupported_database_is_refused():
+    """MySQL has no UPDATE ... RETURNING: asking for the durable store is an error."""
+    from sqlalchemy.engine import make_url
+
+    from flask_postreg.extension import choose_store
+
+    with pytest.raises(ConfigError, match="Use POSTREG_STORE='memory'"):
+        choose_store(make_url("mysql+pymysql://u@h/db"), "database")
