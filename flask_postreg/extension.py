@@ -521,6 +521,17 @@ class PostReg:
             )
         return state  # type: ignore[no-any-return]
 
+    def store(self, app: Flask | None = None) -> Store:
+        """The app's delivery store: the query API for tooling and tests.
+
+        ``deliveries(status=, hook=, since=, until=, limit=)``, ``counts()``,
+        ``retry(ids)``, ``retry_dead(hook=)``, ``prune(days)``,
+        ``set_enabled(hook, enabled)``; see :class:`flask_postreg.store.Store`.
+
+        .. versionadded:: 0.1
+        """
+        return self._state(app).store
+
     def hooks(self, app: Flask | None = None) -> list[Hook]:
         """The hooks that would run for ``app`` now, settled with its defaults."""
         return self._state(app).hooks(include_disabled=True)

@@ -326,3 +326,13 @@ def test_backpressure_in_database_mode_loses_nothing(make_app):
     assert sorted(seen) == sorted(
         ["first@example.com"] + [f"u{i}@example.com" for i in range(5)]
     )
+
+
+def test_store_accessor_is_the_query_api(app, postreg, recorder):
+    register(app)
+    assert postreg.join(10)
+    store = postreg.store(app)
+    assert store is app.extensions["postreg"].store
+    (record,) = store.deliveries(hook="recorder")
+    assert (record.status, record.attempts) == ("succeeded", 1)
+    assert store.counts() == {("recorder", "succeeded"): 1}
