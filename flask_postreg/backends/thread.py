@@ -283,32 +283,36 @@ class ThreadBackend:
         pid = os.getpid()
         while True:
             with self._cond:
-                while not self._queue and not (self._stopping and not self._running):
+                while not self._queue and not (self._stopping and self._pending <= 0):
                     if self._pid != pid:
                         return
                     self._work_ready.wait()
                 if not self._queue or self._pid != pid:
+                    self._workers -= 1
                     return
                 delivery = self._queue.popleft()
-                token = next(self._seq)
-                timeout = delivery.hook.timeout or 20.0
-                running = _Running(delivery, self.clock() + timeout, timeout)
-                self._running[token] = running
-                self._watch(running)
+            # Claiming may wait on the database: not part of the hook's timeout.
             prepared = self.dispatcher.prepare(delivery)
             if prepared is None:  # another worker or process holds it
                 with self._cond:
-                    self._running.pop(token, None)
                     self._finished_one()
                 continue
-            delivery = running.delivery = prepared
-            error, duration = self.dispatcher.call(delivery)
+            with self._cond:
+                token = next(self._seq)
+                timeout = prepared.hook.timeout or 20.0
+                running = _Running(prepared, self.clock() + timeout, timeout)
+                self._running[token] = running
+                self._watch(running)
+            error, duration = self.dispatcher.call(prepared)
             with self._cond:
                 self._running.pop(token, None)
-                if running.abandoned:
+                if running.abandoned:  # the watchdog already reported it
                     self._stuck -= 1
-                    return  # a replacement took this thread's place
-            self._done(delivery, self.dispatcher.finish(delivery, error, duration))
+                    if self._workers >= self.max_workers:
+                        return  # a replacement took this thread's place
+                    self._workers += 1  # replacements were capped: rejoin the pool
+                    continue
+            self._done(prepared, self.dispatcher.finish(prepared, error, duration))
 
     def _done(self, delivery: Delivery, outcome: Outcome) -> None:
         """After an attempt: plan its retry or count it finished."""
@@ -345,6 +349,7 @@ class ThreadBackend:
                         expired.append(running)
                 for _ in expired:
                     self._stuck += 1
+                    self._workers -= 1  # its thread is hung: no longer a worker
                     if self._stuck <= self.max_workers * STUCK_FACTOR:
                         with contextlib.suppress(RuntimeError):  # exiting
                             self._start(self._work, "worker")

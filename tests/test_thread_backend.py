@@ -1,0 +1,101 @@
+"""The pool itself: hung hooks, the watchdog, claims that take long."""
+
+from __future__ import annotations
+
+import threading
+
+from flask import Flask
+
+from flask_postreg.backends.thread import STUCK_FACTOR
+from flask_postreg.backends.thread import ThreadBackend
+from flask_postreg.dispatch import Delivery
+from flask_postreg.dispatch import Dispatcher
+from flask_postreg.dispatch import Hook
+from flask_postreg.dispatch import RetryPolicy
+from flask_postreg.events import Context
+from flask_postreg.events import Event
+from flask_postreg.events import User
+from flask_postreg.store import MemoryStore
+
+
+def event(i: int) -> Event:
+    return Event(
+        id=f"evt_{i}", user=User(id=str(i)), context=Context(event_id=f"evt_{i}")
+    )
+
+
+def backend(store: MemoryStore | None = None, workers: int = 1) -> ThreadBackend:
+    dispatcher = Dispatcher(
+        Flask("pool"),
+        policy=RetryPolicy([0]),
+        secrets={},
+        store=store or MemoryStore(100),
+    )
+    return ThreadBackend(dispatcher, max_workers=workers, max_queue=1000)
+
+
+def test_pool_recovers_after_more_hangs_than_replacements():
+    """Past the cap on replacement threads the pool is short of workers until the
+    hung ones return; they must then rejoin, not exit (else the pool is dead)."""
+    pool = backend(workers=1)
+    gate = threading.Event()
+    lock = threading.Lock()
+    returned = []
+    all_returned = threading.Event()
+    hung = STUCK_FACTOR + 1  # 1 worker + STUCK_FACTOR replacements, all hung
+
+    def hang(user, context):
+        gate.wait(30)
+        with lock:
+            returned.append(user.id)
+            if len(returned) == hung:
+                all_returned.set()
+
+    hook = Hook("hang", hang, max_attempts=1, timeout=0.1)
+    for i in range(hung):
+        assert pool.submit(Delivery(event(i), hook))
+    assert pool.join(10)  # every attempt reported timed out
+    statuses = [o.status for o in pool.dispatcher.store.recent(hook="hang")]
+    assert statuses == ["dead"] * hung
+    gate.set()  # the remote end recovers
+    assert all_returned.wait(10)
+    ran = threading.Event()
+    assert pool.submit(
+        Delivery(event(99), Hook("ok", lambda u, c: ran.set(), timeout=5))
+    )
+    assert pool.join(10) and ran.is_set()
+    pool.shutdown(5)
+
+
+class SlowClaims(MemoryStore):
+    """A store whose claim takes longer than the hook's timeout (a busy database)."""
+
+    def __init__(self) -> None:
+        super().__init__(100)
+        self.release = threading.Event()
+        self.claiming = threading.Event()
+
+    def prepare(self, delivery):
+        self.claiming.set()
+        self.release.wait(30)
+        return None if delivery.hook.name == "taken" else delivery
+
+
+def test_slow_claim_is_not_timed_out_nor_counted_twice():
+    store = SlowClaims()
+    pool = backend(store, workers=2)
+    ran = []
+    quick = Hook("quick", lambda u, c: ran.append(u.id), max_attempts=1, timeout=0.05)
+    taken = Hook(
+        "taken", lambda u, c: ran.append("taken"), max_attempts=1, timeout=0.05
+    )
+    pool.submit(Delivery(event(1), quick))
+    pool.submit(Delivery(event(2), taken))
+    assert store.claiming.wait(10)
+    assert not pool.join(0.3)  # claims pending past the hooks' timeouts
+    store.release.set()
+    assert pool.join(10)
+    assert pool.pending == 0
+    assert ran == ["1"]  # "taken" was claimed elsewhere: skipped, not run
+    assert [(o.hook, o.status) for o in store.recent()] == [("quick", "succeeded")]
+    pool.shutdown(5)
