@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from flask.globals import _cv_app
+from sqlalchemy import Connection
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
@@ -79,14 +80,47 @@ def after_commit(session: Session) -> None:
                 pending.setdefault(nested.parent, []).extend(moved)
             return
         session.info.pop(_PENDING, None)
-        by_state: dict[int, tuple[_State, list[Delivery]]] = {}
-        for items in pending.values():
-            for state, delivery in items:
-                by_state.setdefault(id(state), (state, []))[1].append(delivery)
-        for state, deliveries in by_state.values():
-            state.committed(deliveries)
+        items = [item for group in pending.values() for item in group]
+        bind = session.bind
+        if isinstance(bind, Connection) and bind.in_transaction():
+            # The session joined a transaction it does not own (Session(bind=conn)
+            # inside conn.begin()): the rows are committed only when that
+            # transaction is; hand over then, or drop on its rollback.
+            _defer(bind, items)
+            return
+        _hand_over(items)
     except Exception:  # commit() must not raise for us: the row is committed
         logger.exception("flask-postreg could not hand committed registrations over")
+
+
+def _hand_over(items: list[tuple[_State, Delivery]]) -> None:
+    by_state: dict[int, tuple[_State, list[Delivery]]] = {}
+    for state, delivery in items:
+        by_state.setdefault(id(state), (state, []))[1].append(delivery)
+    for state, deliveries in by_state.values():
+        state.committed(deliveries)
+
+
+def _defer(connection: Connection, items: list[tuple[_State, Delivery]]) -> None:
+    connection.info.setdefault(_PENDING, []).extend(items)
+    for name, fn in (("commit", _outer_commit), ("rollback", _outer_rollback)):
+        if not event.contains(connection, name, fn):
+            event.listen(connection, name, fn)
+
+
+def _outer_commit(connection: Connection) -> None:
+    items = connection.info.pop(_PENDING, None)
+    if items:
+        try:
+            _hand_over(items)
+        except Exception:  # the outer commit must not raise for us
+            logger.exception(
+                "flask-postreg could not hand committed registrations over"
+            )
+
+
+def _outer_rollback(connection: Connection) -> None:
+    connection.info.pop(_PENDING, None)
 
 
 def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:

@@ -258,3 +258,25 @@ def test_hook_can_register_a_user_itself(app, postreg, recorder):
         "ann-referral@example.com",
         "ann@example.com",
     ]
+
+
+@pytest.mark.savepoints
+@pytest.mark.parametrize("outer", ["commit", "rollback"])
+def test_session_joined_to_an_outer_transaction_waits_for_it(
+    app, postreg, recorder, outer
+):
+    """SQLAlchemy's test-suite pattern: session.commit() releases a SAVEPOINT; only
+    the outer connection's commit makes the row (and the hook) real."""
+    from sqlalchemy.orm import Session
+
+    with app.app_context(), db.engine.connect() as conn:
+        trans = conn.begin()
+        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        session.add(Account(email="joined@example.com"))
+        session.commit()
+        session.close()
+        assert postreg.join(10)
+        assert recorder.emails == []  # nothing before the outer transaction ends
+        trans.commit() if outer == "commit" else trans.rollback()
+    expected = ["joined@example.com"] if outer == "commit" else []
+    assert registered(app, postreg, recorder) == expected
