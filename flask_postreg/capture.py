@@ -26,6 +26,7 @@ from sqlalchemy import Connection
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.orm.attributes import instance_state
 
 if TYPE_CHECKING:
     from .dispatch import Delivery
@@ -55,7 +56,14 @@ def after_flush(session: Session, flush_context: Any) -> None:
     if state is None:
         return
     model = state.user_model
-    new = [obj for obj in session.new if isinstance(obj, model)]
+    # Only rows this flush inserted (flush(objects=[...]) leaves others pending).
+    flushed = getattr(flush_context, "states", None)
+    new = [
+        obj
+        for obj in session.new
+        if isinstance(obj, model)
+        and (flushed is None or instance_state(obj) in flushed)
+    ]
     if not new:
         return
     deliveries = state.capture(new, session)

@@ -80,7 +80,7 @@ def _mapping_or_callable(name: str, value: Any) -> Any:
             f"{PREFIX}{name} must be a dict or a callable returning one, got"
             f" {type(value).__name__}"
         )
-    return value
+    return dict(value) if isinstance(value, Mapping) else value  # this app's own copy
 
 
 def _optional_str(name: str, value: Any) -> str | None:
@@ -235,7 +235,11 @@ def load(config: Mapping[str, Any]) -> dict[str, Any]:
     for full in config:
         if full.startswith(PREFIX) and full[len(PREFIX) :] not in KEYS:
             hint = closest(full)
-            extra = f" Did you mean {hint!r}?" if hint else ""
+            extra = (
+                f" Did you mean {hint!r}?"
+                if hint
+                else " Valid keys: " + ", ".join(PREFIX + k for k in KEYS) + "."
+            )
             raise ConfigError(f"Unknown configuration key {full!r}.{extra}")
     values: dict[str, Any] = {}
     for name, key in KEYS.items():

@@ -124,6 +124,29 @@ class Outcome:
         return data
 
 
+def personal_values(event: Event) -> set[str]:
+    """The user's own texts (and the request's IP and agent) to scrub; the e-mail
+    is left to the e-mail pattern, which labels it ``[email]``."""
+    user, request = event.user, event.context.request
+    found = {user.username, user.phone_number, user.name}
+    if request is not None:
+        found.update((request.ip, request.user_agent))
+    for metadata in (user.user_metadata, user.app_metadata):
+        _leaves(metadata, found)
+    return {v for v in found if isinstance(v, str) and v}
+
+
+def _leaves(value: Any, found: set[Any]) -> None:
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _leaves(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _leaves(item, found)
+    elif isinstance(value, str):
+        found.add(value)
+
+
 class RetryPolicy:
     """Delays between attempts: the schedule, jittered by +/- ``jitter``.
 
@@ -186,9 +209,13 @@ class Dispatcher:
         return value or {}
 
     def scrub_values(self, delivery: Delivery | None = None) -> set[str]:
+        """Every text to hide: secrets, and the delivery's own personal data (a
+        hook raising ``ValueError(f"CRM rejected {user.phone_number}")`` must not
+        put it in a log line or a stored error)."""
         values = set(self._scrub_values)
         if delivery is not None:
             values.update(delivery.hook.secrets)
+            values.update(personal_values(delivery.event))
         with contextlib.suppress(Exception):  # a broken secrets callable
             values.update(str(v) for v in self.secrets().values() if v is not None)
         return values

@@ -158,6 +158,11 @@ class User:
                 frozen = freeze(value if isinstance(value, Mapping) else {})
                 object.__setattr__(self, key, frozen)
 
+    def __repr__(self) -> str:
+        # Personal data stays out of reprs (an f-string in an exception message
+        # would otherwise carry it into logs).
+        return f"User(id={self.id!r}, tenant={self.tenant!r}, ...)"
+
     def to_dict(self) -> dict[str, Any]:
         """Auth0's keys (``emailVerified``, ``phoneNumber``...); ``name`` if known."""
         data: dict[str, Any] = {
@@ -223,6 +228,9 @@ class RequestInfo:
     ip: str | None = None
     user_agent: str | None = None
     hostname: str | None = None
+
+    def __repr__(self) -> str:
+        return f"RequestInfo(hostname={self.hostname!r}, ...)"
 
     def to_dict(self) -> dict[str, Any]:
         return {"ip": self.ip, "userAgent": self.user_agent, "hostname": self.hostname}

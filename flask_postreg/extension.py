@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -417,7 +418,8 @@ class PostReg:
                 " registrations: pass user_model=User to PostReg() or init_app()."
             )
         for key, spec in _config.KEYS.items():
-            app.config.setdefault(_config.PREFIX + key, spec.default)
+            # A copy: a mutable default (a dict, a list) must not be shared by apps.
+            app.config.setdefault(_config.PREFIX + key, copy.deepcopy(spec.default))
         values = _config.load(app.config)
         state = _State(self, app, db, user_model, values)
         configure_handlers(state)

@@ -149,7 +149,8 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
             f"the hook did not return within its timeout of {timeout:g}s"
         )
         duration = time.perf_counter() - start
-    secrets = dispatcher.scrub_values(delivery)
+    # Secrets only: the Runner's user is the developer's own sample, shown as is.
+    secrets = dispatcher.scrub_values() | set(delivery.hook.secrets)
     common: dict[str, Any] = {
         "hook": hook.name,
         "duration": duration,

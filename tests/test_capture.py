@@ -280,3 +280,17 @@ def test_session_joined_to_an_outer_transaction_waits_for_it(
         trans.commit() if outer == "commit" else trans.rollback()
     expected = ["joined@example.com"] if outer == "commit" else []
     assert registered(app, postreg, recorder) == expected
+
+
+def test_flush_of_some_objects_captures_only_those(app, postreg, recorder):
+    import warnings
+
+    with app.app_context():
+        a, b = Account(email="a@example.com"), Account(email="b@example.com")
+        db.session.add_all([a, b])
+        with warnings.catch_warnings():  # flush(objects=) is deprecated, still used
+            warnings.simplefilter("ignore")
+            db.session.flush([a])
+        db.session.commit()
+    assert registered(app, postreg, recorder) == ["a@example.com", "b@example.com"]
+    assert all(user.id is not None for user, _ in recorder.calls)

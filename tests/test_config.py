@@ -140,3 +140,25 @@ def test_database_store_on_an_unsupported_database_is_refused():
 
     with pytest.raises(ConfigError, match="Use POSTREG_STORE='memory'"):
         choose_store(make_url("mysql+pymysql://u@h/db"), "database")
+
+
+def test_mutable_defaults_are_not_shared_between_apps(tmp_path):
+    apps = []
+    for name in ("a", "b"):
+        app = Flask(name)
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/{name}.db"
+        db.init_app(app)
+        PostReg(app, db=db, user_model=Account)
+        apps.append(app)
+    a, b = apps
+    a.config["POSTREG_SECRETS"]["SLACK_TOKEN"] = "xoxb-app-a-only"
+    assert "SLACK_TOKEN" not in b.config["POSTREG_SECRETS"]
+    assert b.extensions["postreg"].dispatcher.secrets() == {}
+    for app in apps:
+        app.extensions["postreg"].ext.shutdown()
+
+
+def test_unknown_key_without_a_close_match_lists_the_valid_keys(bare_app):
+    bare_app.config["POSTREG_ZZZZZZZZ"] = 1
+    with pytest.raises(ConfigError, match="Valid keys: POSTREG_TENANT"):
+        PostReg(bare_app, db=db, user_model=Account)

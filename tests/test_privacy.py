@@ -87,3 +87,47 @@ def test_odd_metadata_values_are_made_json_safe(make_app):
         "price": "1.50",
         "set": [1],
     }
+
+
+def test_personal_data_in_a_hook_error_is_scrubbed(make_app, caplog):
+    app, postreg = make_app(
+        POSTREG_USER_FIELDS={
+            "name": lambda i: "Jane Doe",
+            "phone_number": "phone_number",
+        }
+    )
+
+    def crm(user, context):
+        raise ValueError(
+            f"CRM rejected {user} {user.phone_number} {user.name} {user.user_metadata}"
+        )
+
+    postreg.hook(crm, name="crm", max_attempts=1)
+    with caplog.at_level(logging.DEBUG), app.app_context():
+        db.session.add(
+            Account(
+                email="jane@example.com",
+                phone_number="+1 555 0100",
+                user_metadata={"dob": "1990-04-01"},
+            )
+        )
+        db.session.commit()
+    assert postreg.join(10)
+    (outcome,) = app.extensions["postreg"].store.recent(hook="crm")
+    for text in (outcome.error, caplog.text):
+        for personal in ("+1 555 0100", "Jane Doe", "1990-04-01", "jane@example.com"):
+            assert personal not in text
+    assert "CRM rejected User(id=" in outcome.error
+
+
+def test_reprs_carry_no_personal_data():
+    from flask_postreg import RequestInfo
+    from flask_postreg import User
+
+    user = User(
+        id="7", email="jane@example.com", phone_number="+1 555 0100", name="Jane"
+    )
+    assert repr(user) == "User(id='7', tenant=None, ...)"
+    assert "10.0.0.9" not in repr(
+        RequestInfo(ip="10.0.0.9", user_agent="x", hostname="h")
+    )

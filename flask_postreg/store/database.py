@@ -145,8 +145,8 @@ class DatabaseStore(Store):
                 logger.error(
                     "flask-postreg: table(s) %s missing in database %s. Create them"
                     " with db.create_all() or a migration (flask db migrate && flask"
-                    " db upgrade). Until then this process runs hooks in memory: not"
-                    " durable across restarts.",
+                    " db upgrade), then restart this process: it checked once and runs"
+                    " hooks in memory (not durable across restarts) until it restarts.",
                     ", ".join(missing),
                     engine.url.render_as_string(hide_password=True),
                 )
