@@ -13,6 +13,7 @@ import datetime as _dt
 import inspect
 import logging
 import random
+import threading
 import time
 import traceback
 from collections.abc import Awaitable
@@ -175,8 +176,28 @@ class RetryPolicy:
 
 def _call(func: HookFunc, user: User, context: Context) -> None:
     result = func(user, context)
-    if inspect.isawaitable(result):
+    if not inspect.isawaitable(result):
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: a worker thread has no loop
         asyncio.run(_await(result))
+        return
+    # A loop already runs in this thread (the sync backend, called from async
+    # code): await the hook on a loop of its own, in a helper thread.
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(_await(result))
+        except BaseException as exc:
+            errors.append(exc)
+
+    helper = threading.Thread(target=run, name="postreg-async-hook")
+    helper.start()
+    helper.join()
+    if errors:
+        raise errors[0]
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

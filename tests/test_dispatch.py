@@ -336,3 +336,21 @@ def test_store_accessor_is_the_query_api(app, postreg, recorder):
     (record,) = store.deliveries(hook="recorder")
     assert (record.status, record.attempts) == ("succeeded", 1)
     assert store.counts() == {("recorder", "succeeded"): 1}
+
+
+def test_async_hook_with_the_sync_backend_inside_a_running_loop(make_app):
+    app, postreg = make_app(POSTREG_BACKEND="sync")
+    done = []
+
+    async def notify(user, context):
+        await asyncio.sleep(0)
+        done.append(user.email)
+
+    postreg.hook(notify, name="async")
+
+    async def main():  # e.g. an async CLI or test commits the user
+        register(app)
+
+    asyncio.run(main())
+    assert done == ["ann@example.com"]
+    assert outcomes(app, hook="async")[0].status == "succeeded"
