@@ -60,7 +60,6 @@ class ThreadBackend:
         max_workers: int = 4,
         max_queue: int = 10000,
         shutdown_timeout: float = 10.0,
-        on_done: Callable[[Delivery, Outcome], None] | None = None,
         background: Callable[[ThreadBackend], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -68,7 +67,6 @@ class ThreadBackend:
         self.max_workers = max_workers
         self.max_queue = max_queue
         self.shutdown_timeout = shutdown_timeout
-        self.on_done = on_done
         self.background = background
         self.clock = clock
         self._reset()
@@ -322,11 +320,6 @@ class ThreadBackend:
                 if not self._stopping:
                     self._push_timer(delivery.next(), outcome.retry_in)
                     retried = True
-        if self.on_done is not None:
-            try:
-                self.on_done(delivery, outcome)
-            except Exception:
-                logger.exception("flask-postreg: on_done callback failed")
         if not retried:
             with self._cond:
                 self._finished_one()
