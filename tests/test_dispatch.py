@@ -354,3 +354,15 @@ def test_async_hook_with_the_sync_backend_inside_a_running_loop(make_app):
     asyncio.run(main())
     assert done == ["ann@example.com"]
     assert outcomes(app, hook="async")[0].status == "succeeded"
+
+
+def test_memory_counts_cover_more_than_the_history(make_app):
+    app, postreg = make_app(POSTREG_STORE="memory", POSTREG_HISTORY_SIZE=2)
+    postreg.hook(lambda u, c: None, name="noop")
+    postreg.hook(lambda u, c: 1 / 0, name="boom", max_attempts=2)
+    for i in range(5):
+        register(app, f"u{i}@example.com")
+    assert postreg.join(10)
+    store = postreg.store(app)
+    assert store.counts() == {("noop", "succeeded"): 5, ("boom", "dead"): 5}
+    assert len(store.deliveries(limit=100)) == 2  # memory stays bounded

@@ -29,6 +29,7 @@ class MemoryStore(Store):
             collections.OrderedDict()
         )
         self._settings: dict[str, bool] = {}
+        self._totals: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -38,6 +39,9 @@ class MemoryStore(Store):
         with self._lock:
             self._history.append(outcome)
             old = self._deliveries.pop(key, None)
+            if old is not None:
+                self._totals[(old.hook, old.status)] -= 1
+            self._totals[(outcome.hook, outcome.status)] += 1
             next_at = None
             if outcome.retry_in is not None:
                 next_at = outcome.finished_at + _dt.timedelta(seconds=outcome.retry_in)
@@ -92,11 +96,10 @@ class MemoryStore(Store):
         ][:limit]
 
     def counts(self) -> dict[tuple[str, str], int]:
+        """Every delivery of this process by its latest status (not only the
+        ``size`` remembered ones; a retry of a forgotten one may count twice)."""
         with self._lock:
-            counter = collections.Counter(
-                (d.hook, d.status) for d in self._deliveries.values()
-            )
-        return dict(counter)
+            return {k: n for k, n in self._totals.items() if n > 0}
 
     def hook_settings(self) -> dict[str, bool]:
         with self._lock:
