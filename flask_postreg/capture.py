@@ -30,7 +30,7 @@ from sqlalchemy.orm.attributes import instance_state
 
 if TYPE_CHECKING:
     from .dispatch import Delivery
-    from .extension import _State
+    from .state import _State
 
 logger = logging.getLogger("flask_postreg")
 

@@ -18,7 +18,7 @@ from . import config as _config
 from .store.database import DatabaseStore
 
 if TYPE_CHECKING:
-    from .extension import _State
+    from .state import _State
 
 #: Seconds a ping's TCP connect may take.
 PING_TIMEOUT = 3.0

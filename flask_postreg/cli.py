@@ -31,7 +31,7 @@ from .errors import PostRegError
 from .store.database import DatabaseStore
 
 if TYPE_CHECKING:
-    from .extension import _State
+    from .state import _State
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 if TYPE_CHECKING:
-    from .extension import _State
+    from .state import _State
     from .store.database import DatabaseStore
 
 logger = logging.getLogger("flask_postreg")

@@ -23,7 +23,7 @@ from .dispatch import Hook
 from .events import Event
 
 if TYPE_CHECKING:
-    from .extension import _State
+    from .state import _State
 
 
 def _never(user: Any, context: Any) -> None:  # pragma: no cover - never submitted

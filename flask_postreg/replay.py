@@ -27,7 +27,7 @@ from .errors import PostRegError
 from .worker import require_database
 
 if TYPE_CHECKING:
-    from .extension import _State
+    from .state import _State
 
 #: Column names tried, in order, for a user's creation time.
 CREATED_COLUMNS = ("created_at", "created", "date_joined", "registered_at")

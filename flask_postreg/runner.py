@@ -28,7 +28,7 @@ from .events import sample_body
 from .scrub import scrub
 
 if TYPE_CHECKING:
-    from .extension import _State
+    from .state import _State
 
 #: Level the root logger is lowered to (if higher) while a hook runs, so the
 #: hook's ``logger.info(...)`` lines are shown like Auth0's ``console.log``.

@@ -29,7 +29,7 @@ from .errors import PostRegError
 from .store.database import DatabaseStore
 
 if TYPE_CHECKING:
-    from .extension import _State
+    from .state import _State
 
 
 def _bool(name: str, value: Any) -> bool:

@@ -125,7 +125,7 @@ def test_extension_before_db_says_what_to_do(tmp_path):
 def test_store_choice(url, asked, expected, caplog):
     from sqlalchemy.engine import make_url
 
-    from flask_postreg.extension import choose_store
+    from flask_postreg.state import choose_store
 
     with caplog.at_level("WARNING", logger="flask_postreg"):
         assert choose_store(make_url(url), asked) == expected
@@ -136,7 +136,7 @@ def test_database_store_on_an_unsupported_database_is_refused():
     """MySQL has no UPDATE ... RETURNING: asking for the durable store is an error."""
     from sqlalchemy.engine import make_url
 
-    from flask_postreg.extension import choose_store
+    from flask_postreg.state import choose_store
 
     with pytest.raises(ConfigError, match="Use POSTREG_STORE='memory'"):
         choose_store(make_url("mysql+pymysql://u@h/db"), "database")

@@ -21,7 +21,7 @@ from ..config import register
 from ..dispatch import Hook
 
 if TYPE_CHECKING:
-    from ..extension import _State
+    from ..state import _State
 
 
 # -- checks -------------------------------------------------------------------
