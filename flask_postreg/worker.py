@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections.abc import Callable
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
 
-import sqlalchemy as sa
-
 from .config import ConfigError
 from .config import register
-from .dispatch import PENDING
-from .dispatch import RUNNING
 from .dispatch import Delivery
 from .errors import PostRegError
 from .store.database import DatabaseStore
@@ -64,44 +58,6 @@ def require_database(state: _State) -> DatabaseStore:
     return store
 
 
-def release(store: DatabaseStore, deliveries: Sequence[Delivery]) -> int:
-    """Hand unfinished deliveries back: pending, due now; the attempt not counted.
-
-    Guarded by each row's claim token: a row another process claimed since, or
-    whose outcome was recorded meanwhile, is left alone.
-    """
-    d = store.t.deliveries
-    now = time.time()
-    stmt = (
-        sa.update(d)
-        .where(
-            d.c.id == sa.bindparam("b_id"),
-            d.c.claim == sa.bindparam("b_claim"),
-            d.c.status == RUNNING,
-        )
-        .values(
-            status=PENDING,
-            attempts=sa.case((d.c.attempts > 0, d.c.attempts - 1), else_=0),
-            claim=d.c.claim + 1,
-            locked_until=None,
-            next_attempt_at=now,
-            updated_at=now,
-        )
-    )
-    rows = [
-        {"b_id": x.row_id, "b_claim": x.claim}
-        for x in deliveries
-        if x.row_id is not None
-    ]
-    if not rows:
-        return 0
-    released = 0
-    with store.engine.begin() as conn:
-        for row in rows:  # executemany reports no reliable rowcount everywhere
-            released += int(conn.execute(stmt, row).rowcount or 0)
-    return released
-
-
 def run(
     state: _State,
     *,
@@ -138,7 +94,7 @@ def run(
         released = 0
         if not finished:
             unfinished: list[Delivery] = getattr(state.backend, "unfinished", list)()
-            released = release(store, unfinished)
+            released = store.hand_back(unfinished)
         echo(
             f"postreg worker: stopped; {released} unfinished delivery(ies) left pending"
         )

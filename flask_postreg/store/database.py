@@ -128,6 +128,15 @@ class DatabaseStore(Store):
                 self._engine = self.db.engines[self.bind_key]
         return self._engine
 
+    def tables_ready(self) -> bool:
+        """:meth:`tables_present` on a connection of its own, opened only the first
+        time (the poller asks every round)."""
+        ok = self._tables_ok.get(self.engine)
+        if ok is None:
+            with self.engine.connect() as conn:
+                ok = self.tables_present(conn)
+        return ok
+
     def tables_present(self, connection: sa.Connection) -> bool:
         """Checked once per engine; if missing, say what to run and fall back."""
         engine = connection.engine
@@ -307,28 +316,65 @@ class DatabaseStore(Store):
         with self.engine.begin() as conn:
             conn.execute(stmt)
 
-    def unclaim(self, deliveries: Sequence[Delivery]) -> None:
-        """Hand back claims that never ran (the queue refused them): due now, and
-        the attempt the claim counted is given back."""
+    def _claimed(self) -> Any:
+        """WHERE clause: the row is still held under the claim the caller ran with."""
         d = self.t.deliveries
-        rows = [
+        return sa.and_(
+            d.c.id == sa.bindparam("b_id"),
+            d.c.claim == sa.bindparam("b_claim"),
+            d.c.status == RUNNING,
+        )
+
+    @staticmethod
+    def _claim_rows(deliveries: Sequence[Delivery]) -> list[dict[str, Any]]:
+        return [
             {"b_id": x.row_id, "b_claim": x.claim}
             for x in deliveries
             if x.row_id is not None
         ]
+
+    def unclaim(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand back claims that never ran (the queue refused them): due now, and
+        the attempt the claim counted is given back."""
+        rows = self._claim_rows(deliveries)
         if not rows:
             return
+        d = self.t.deliveries
         stmt = (
             sa.update(d)
-            .where(
-                d.c.id == sa.bindparam("b_id"),
-                d.c.claim == sa.bindparam("b_claim"),
-                d.c.status == RUNNING,
-            )
+            .where(self._claimed())
             .values(locked_until=0.0, next_attempt_at=0.0, attempts=d.c.attempts - 1)
         )
         with self.engine.begin() as conn:
             conn.execute(stmt, rows)
+
+    def hand_back(self, deliveries: Sequence[Delivery]) -> int:
+        """Hand back deliveries a stopping worker did not finish: pending, due now,
+        the attempt not counted, and a new claim token, so an attempt still running
+        cannot record its outcome over the next one. Returns how many rows it changed
+        (a row claimed elsewhere since, or finished meanwhile, is left alone)."""
+        rows = self._claim_rows(deliveries)
+        if not rows:
+            return 0
+        d = self.t.deliveries
+        now = time.time()
+        stmt = (
+            sa.update(d)
+            .where(self._claimed())
+            .values(
+                status=PENDING,
+                attempts=sa.case((d.c.attempts > 0, d.c.attempts - 1), else_=0),
+                claim=d.c.claim + 1,
+                locked_until=None,
+                next_attempt_at=now,
+                updated_at=now,
+            )
+        )
+        handed = 0
+        with self.engine.begin() as conn:
+            for row in rows:  # executemany reports no reliable rowcount everywhere
+                handed += int(conn.execute(stmt, row).rowcount or 0)
+        return handed
 
     def claim_due(self, hooks: Sequence[Hook], limit: int) -> list[Delivery]:
         """Lease up to ``limit`` due deliveries of ``hooks`` (retries, expired leases)."""
