@@ -200,10 +200,7 @@ class _State:
 
     def tables_ready(self) -> bool:
         """Database mode: are the outbox tables there (checked once per engine)?"""
-        if not isinstance(self.store, DatabaseStore):
-            return False
-        with self.store.engine.connect() as conn:
-            return self.store.tables_present(conn)
+        return isinstance(self.store, DatabaseStore) and self.store.tables_ready()
 
     def take_overflow(self) -> list[str]:
         """Rows the queue refused since the last poll (database mode)."""
