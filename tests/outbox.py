@@ -39,11 +39,14 @@ def events(app: Flask) -> list[dict[str, Any]]:
 
 
 def deliveries(app: Flask) -> list[Any]:
-    """Every ``postreg_deliveries`` row, after writing batched outcomes."""
+    """Every ``postreg_deliveries`` row, after writing batched outcomes, with its
+    delivery ``id`` (``event_id:hook``)."""
     s = store(app)
     s.flush()
+    d = s.t.deliveries
+    delivery_id = (d.c.event_id + ":" + d.c.hook).label("id")
     with s.engine.connect() as conn:
-        return list(conn.execute(sa.select(s.t.deliveries)).all())
+        return list(conn.execute(sa.select(d, delivery_id)).all())
 
 
 def accounts(app: Flask) -> dict[str, str]:

@@ -163,7 +163,7 @@ def test_deliveries_filters_and_json(app, postreg, recorder, failing):
     result = invoke(app, "deliveries")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].split()[:3] == ["ID", "HOOK", "STATUS"]
-    assert result.output.count("dlv_") == 4
+    assert result.output.count("evt_") == 4
     assert "PermanentError: the CRM said no" in result.output
     dead = json.loads(invoke(app, "deliveries", "--status", "dead", "--json").output)
     assert [d["hook"] for d in dead] == ["failing", "failing"]

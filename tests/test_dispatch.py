@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import threading
 
@@ -14,7 +15,9 @@ from flask_postreg import RetryLater
 from flask_postreg import hook_failed
 from flask_postreg import hook_succeeded
 from flask_postreg import post_user_registration
+from flask_postreg.dispatch import Outcome
 from flask_postreg.dispatch import RetryPolicy
+from flask_postreg.store.memory import MemoryStore
 
 from .models import Account
 from .models import db
@@ -366,3 +369,20 @@ def test_memory_counts_cover_more_than_the_history(make_app):
     store = postreg.store(app)
     assert store.counts() == {("noop", "succeeded"): 5, ("boom", "dead"): 5}
     assert len(store.deliveries(limit=100)) == 2  # memory stays bounded
+
+
+def test_memory_counts_move_a_retry_evicted_from_the_history():
+    """A delivery waiting for its retry falls out of the bounded history; when it
+    ends, its count still moves from pending to dead (it was counted twice)."""
+    store = MemoryStore(2)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def outcome(event, hook, status, retry_in=None):
+        return Outcome(event, hook, 1, status, 0.0, now, retry_in=retry_in)
+
+    store.record(outcome("evt_a", "boom", "pending", retry_in=1.0))
+    store.record(outcome("evt_b", "noop", "succeeded"))
+    store.record(outcome("evt_c", "noop", "succeeded"))  # evt_a leaves the history
+    assert store.counts() == {("boom", "pending"): 1, ("noop", "succeeded"): 2}
+    store.record(outcome("evt_a", "boom", "dead"))
+    assert store.counts() == {("boom", "dead"): 1, ("noop", "succeeded"): 2}

@@ -56,16 +56,24 @@ logger = logging.getLogger("flask_postreg")
 LEASE_GRACE = 60.0
 
 
-def new_delivery_id() -> str:
-    """Time-ordered, so rows append to the primary-key B-tree."""
-    return f"dlv_{time.time_ns():016x}{os.urandom(8).hex()}"
+def delivery_id(event_id: str, hook: str) -> str:
+    """A delivery's id: its primary key, event and hook, as one string."""
+    return f"{event_id}:{hook}"
+
+
+def split_delivery_id(value: str) -> tuple[str, str] | None:
+    """``(event_id, hook)`` from :func:`delivery_id`; None if it is not one.
+
+    Event ids never contain ``:``; hook names may (``slack:notify``).
+    """
+    event_id, sep, hook = str(value).partition(":")
+    return (event_id, hook) if sep and event_id and hook else None
 
 
 @dataclasses.dataclass(frozen=True)
 class Claimed:
     """A delivery row this process now holds a lease on."""
 
-    id: str
     event_id: str
     hook: str
     attempts: int
@@ -197,10 +205,9 @@ class DatabaseStore(Store):
                 claim = 1
                 if not leased:
                     lease, claim = None, 0
-                row_id = new_delivery_id()
+                row_id = delivery_id(event.id, hook.name)
                 delivery_rows.append(
                     {
-                        "id": row_id,
                         "event_id": event.id,
                         "hook": hook.name,
                         "status": RUNNING if leased else PENDING,
@@ -290,7 +297,8 @@ class DatabaseStore(Store):
         stmt = (
             sa.update(d)
             .where(
-                d.c.id == delivery.row_id,
+                d.c.event_id == delivery.event.id,
+                d.c.hook == delivery.hook.name,
                 d.c.claim == delivery.claim,
                 d.c.status == PENDING,
             )
@@ -310,17 +318,26 @@ class DatabaseStore(Store):
         d = self.t.deliveries
         stmt = (
             sa.update(d)
-            .where(d.c.id.in_(list(ids)), d.c.claim == 1, d.c.status == RUNNING)
+            .where(self._ids_in(ids), d.c.claim == 1, d.c.status == RUNNING)
             .values(locked_until=0.0, next_attempt_at=0.0)
         )
         with self.engine.begin() as conn:
             conn.execute(stmt)
 
+    def _ids_in(self, ids: Iterable[str]) -> Any:
+        """WHERE clause: the row is one of these delivery ids (others are ignored)."""
+        d = self.t.deliveries
+        keys = [key for key in map(split_delivery_id, ids) if key is not None]
+        if not keys:
+            return sa.false()
+        return sa.tuple_(d.c.event_id, d.c.hook).in_(keys)
+
     def _claimed(self) -> Any:
         """WHERE clause: the row is still held under the claim the caller ran with."""
         d = self.t.deliveries
         return sa.and_(
-            d.c.id == sa.bindparam("b_id"),
+            d.c.event_id == sa.bindparam("b_event"),
+            d.c.hook == sa.bindparam("b_hook"),
             d.c.claim == sa.bindparam("b_claim"),
             d.c.status == RUNNING,
         )
@@ -328,7 +345,7 @@ class DatabaseStore(Store):
     @staticmethod
     def _claim_rows(deliveries: Sequence[Delivery]) -> list[dict[str, Any]]:
         return [
-            {"b_id": x.row_id, "b_claim": x.claim}
+            {"b_event": x.event.id, "b_hook": x.hook.name, "b_claim": x.claim}
             for x in deliveries
             if x.row_id is not None
         ]
@@ -392,7 +409,10 @@ class DatabaseStore(Store):
             d.c.hook.in_(list(by_name)),
         )
         candidates = (
-            sa.select(d.c.id).where(due).order_by(d.c.next_attempt_at).limit(limit)
+            sa.select(d.c.event_id, d.c.hook)
+            .where(due)
+            .order_by(d.c.next_attempt_at)
+            .limit(limit)
         )
         if self.engine.dialect.name == "postgresql":
             # A materialized CTE, run once. As "id IN (SELECT ... LIMIT n FOR
@@ -404,14 +424,16 @@ class DatabaseStore(Store):
                 .cte("postreg_due")
                 .prefix_with("MATERIALIZED")
             )
-            chosen = d.c.id == picked.c.id
+            chosen = sa.and_(
+                d.c.event_id == picked.c.event_id, d.c.hook == picked.c.hook
+            )
         else:  # SQLite: one UPDATE statement holds the write lock throughout
-            chosen = d.c.id.in_(candidates.scalar_subquery())
+            chosen = sa.tuple_(d.c.event_id, d.c.hook).in_(candidates)
         stmt = (
             sa.update(d)
             .where(chosen, due)
             .values(self._claim_values(lease, now))
-            .returning(d.c.id, d.c.event_id, d.c.hook, d.c.attempts, d.c.claim)
+            .returning(d.c.event_id, d.c.hook, d.c.attempts, d.c.claim)
         )
         with self.engine.begin() as conn:
             claimed = [Claimed(*row) for row in conn.execute(stmt)]
@@ -426,7 +448,7 @@ class DatabaseStore(Store):
                     event,
                     by_name[c.hook],
                     attempt=c.attempts,
-                    row_id=c.id,
+                    row_id=delivery_id(c.event_id, c.hook),
                     claim=c.claim,
                     lease_until=lease,
                 )
@@ -530,7 +552,11 @@ class DatabaseStore(Store):
         now = time.time()
         stmt = (
             sa.update(d)
-            .where(d.c.id == sa.bindparam("b_id"), d.c.claim == sa.bindparam("b_claim"))
+            .where(
+                d.c.event_id == sa.bindparam("b_event"),
+                d.c.hook == sa.bindparam("b_hook"),
+                d.c.claim == sa.bindparam("b_claim"),
+            )
             .values(
                 status=sa.bindparam("b_status"),
                 locked_until=None,
@@ -543,7 +569,8 @@ class DatabaseStore(Store):
         )
         rows = [
             {
-                "b_id": o.row_id,
+                "b_event": o.event_id,
+                "b_hook": o.hook,
                 "b_claim": o.claim,
                 "b_status": o.status,
                 "b_next": now + o.retry_in if o.retry_in is not None else now,
@@ -575,7 +602,11 @@ class DatabaseStore(Store):
     ) -> list[DeliveryRecord]:
         self.flush()
         d = self.t.deliveries
-        query = sa.select(d).order_by(d.c.created_at.desc(), d.c.id).limit(limit)
+        query = (
+            sa.select(d)
+            .order_by(d.c.created_at.desc(), d.c.event_id, d.c.hook)
+            .limit(limit)
+        )
         if status is not None:
             query = query.where(d.c.status == status)
         if hook is not None:
@@ -600,7 +631,7 @@ class DatabaseStore(Store):
 
     def retry(self, ids: Iterable[str]) -> int:
         d = self.t.deliveries
-        return self._requeue(d.c.id.in_(list(ids)) & d.c.status.in_([DEAD, PENDING]))
+        return self._requeue(self._ids_in(ids) & d.c.status.in_([DEAD, PENDING]))
 
     def retry_dead(self, hook: str | None = None) -> int:
         d = self.t.deliveries
@@ -667,7 +698,7 @@ class DatabaseStore(Store):
 
 def _record(row: Any) -> DeliveryRecord:
     return DeliveryRecord(
-        id=row.id,
+        id=delivery_id(row.event_id, row.hook),
         event_id=row.event_id,
         hook=row.hook,
         status=row.status,

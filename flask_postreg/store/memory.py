@@ -30,6 +30,9 @@ class MemoryStore(Store):
         )
         self._settings: dict[str, bool] = {}
         self._totals: collections.Counter[tuple[str, str]] = collections.Counter()
+        # Status of deliveries still waiting for a retry, kept apart from the
+        # bounded history so their count moves when they end, evicted or not.
+        self._open: dict[tuple[str, str], str] = {}
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -39,9 +42,12 @@ class MemoryStore(Store):
         with self._lock:
             self._history.append(outcome)
             old = self._deliveries.pop(key, None)
-            if old is not None:
-                self._totals[(old.hook, old.status)] -= 1
+            before = self._open.pop(key, None)
+            if before is not None:
+                self._totals[(outcome.hook, before)] -= 1
             self._totals[(outcome.hook, outcome.status)] += 1
+            if outcome.retry_in is not None:
+                self._open[key] = outcome.status
             next_at = None
             if outcome.retry_in is not None:
                 next_at = outcome.finished_at + _dt.timedelta(seconds=outcome.retry_in)
