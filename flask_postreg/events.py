@@ -119,6 +119,11 @@ def thaw(value: Any) -> Any:
     return value
 
 
+#: One encoder for every stored payload (``json.dumps`` with options builds one
+#: per call, on every registration).
+_PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def new_event_id() -> str:
     """A new event id: stable across retries, the hooks' idempotency key.
 
@@ -324,7 +329,7 @@ class Event:
         return {"user": self.user.to_dict(), "context": self.context.to_dict()}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        return _PAYLOAD_JSON.encode(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:

@@ -401,7 +401,8 @@ def test_stale_worker_cannot_overwrite_a_newer_outcome(make_app):
 @both
 def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
     """A claimed delivery that waited in the queue until its lease could end
-    mid-attempt is skipped: another process may claim it, never run it alongside."""
+    mid-attempt is skipped (another process may claim it, never run it alongside)
+    and handed back without counting the attempt it never made."""
     app, postreg = make_app(POSTREG_HOOK_TIMEOUT=10.0)
     postreg.hook(lambda u, c: None, name="h")
     state = app.extensions["postreg"]
@@ -414,6 +415,10 @@ def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
     assert s.prepare(claimed) is claimed
     late = dataclasses.replace(claimed, lease_until=time.time() + 5)
     assert s.prepare(late) is None
+    # Handed back, due now, and the attempt that never ran is not counted.
+    assert row(app, first.row_id).attempts == claimed.attempt - 1
+    (again,) = s.claim_due(state.hooks(), 10)
+    assert (again.attempt, again.claim) == (claimed.attempt, claimed.claim + 1)
 
 
 # -- query API ---------------------------------------------------------------------

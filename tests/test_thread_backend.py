@@ -99,3 +99,34 @@ def test_slow_claim_is_not_timed_out_nor_counted_twice():
     assert ran == ["1"]  # "taken" was claimed elsewhere: skipped, not run
     assert [(o.hook, o.status) for o in store.recent()] == [("quick", "succeeded")]
     pool.shutdown(5)
+
+
+def test_backlog_queued_while_a_worker_lingers_runs_on_the_whole_pool(monkeypatch):
+    """Submits while a worker lingers wake nobody; the worker that takes the
+    first job must wake the next, or a backlog of slow hooks runs one at a time."""
+    monkeypatch.setattr("flask_postreg.backends.thread.LINGER", 0.5)
+    pool = backend(workers=4)
+    together = threading.Barrier(4, timeout=10)
+    passed = []
+
+    def meet(user, context):
+        together.wait()  # raises BrokenBarrierError unless all 4 run at once
+        passed.append(user.id)
+
+    quick = Hook("quick", lambda user, context: None, max_attempts=1)
+    assert pool.submit(Delivery(event(0), quick)) and pool.join(10)
+    lingering = threading.Event()
+    for _ in range(100):  # the worker that ran it now lingers (0.5 s)
+        with pool._cond:
+            if pool._lingering:
+                lingering.set()
+                break
+        lingering.wait(0.01)
+    assert lingering.is_set()
+
+    hook = Hook("meet", meet, max_attempts=1, timeout=20)
+    for i in range(1, 5):  # no worker is woken: the lingerer takes them...
+        assert pool.submit(Delivery(event(i), hook))
+    assert pool.join(20)  # ...and wakes the others
+    assert sorted(passed) == ["1", "2", "3", "4"]
+    assert pool.shutdown(5)

@@ -271,7 +271,11 @@ class DatabaseStore(Store):
             # Start only if the attempt can end (hook timeout) within the lease:
             # past it another process's poller may claim the row and run it too.
             if time.time() + (delivery.hook.timeout or 0) > delivery.lease_until:
-                return None  # waited too long in the queue: a poller owns it now
+                # It waited too long in the queue. Give the row back, due now and
+                # its attempt not counted (it never ran), unless a poller has
+                # claimed it since (the claim token no longer matches).
+                self.unclaim([delivery])
+                return None
             return delivery
         return self.claim_retry(delivery)
 
@@ -351,8 +355,9 @@ class DatabaseStore(Store):
         ]
 
     def unclaim(self, deliveries: Sequence[Delivery]) -> None:
-        """Hand back claims that never ran (the queue refused them): due now, and
-        the attempt the claim counted is given back."""
+        """Hand back claims that never ran (the queue refused them, or they waited
+        in it past their lease): due now, and the attempt the claim counted is
+        given back."""
         rows = self._claim_rows(deliveries)
         if not rows:
             return
