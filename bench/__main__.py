@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 
+from . import breakdown
 from . import burst
 from . import drain
 from . import isolation
@@ -29,7 +30,7 @@ from .common import Run
 from .common import Settings
 from .common import workdir
 
-BENCHMARKS = {m.NAME: m for m in (overhead, isolation, drain, burst)}
+BENCHMARKS = {m.NAME: m for m in (overhead, breakdown, isolation, drain, burst)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,166 @@
+"""Where the database store's registration overhead goes (SQLite file).
+
+Three loops beside the bare ORM commit loop of ``overhead`` (same model, one
+no-op hook, rounds interleaved, median of per-round ratios):
+
+- *write path only*: ``POSTREG_RUN_IN_WEB = False`` and no polling during the
+  run, so each registration writes its outbox rows and nothing runs in this
+  process: the snapshot, the two INSERTs and the bigger commit, without the
+  pool and the outcome writer.
+- *raw sqlite3 floor*: plain ``sqlite3`` (no SQLAlchemy, no Python of ours)
+  committing the user row alone, then the user row plus the same event and
+  delivery rows on a file with the same tables. The difference is what SQLite
+  itself needs for those rows on this disk; it is printed as a share of the ORM
+  baseline's commit, the part of the ratio no code of ours can remove.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import time
+from typing import Any
+
+from flask_postreg.events import Context
+from flask_postreg.events import Event
+from flask_postreg.events import User
+from flask_postreg.events import new_event_id
+
+from .common import Run
+from .common import close
+from .common import commit_loop
+from .common import database_store_app
+from .common import interleave
+from .common import make_app
+from .common import median
+from .common import paired_ratios
+from .common import ratio_text
+from .common import spread
+
+NAME = "breakdown"
+
+_ids = itertools.count(1)
+
+USER_SQL = (
+    "INSERT INTO users (username, email, password_hash, email_verified,"
+    " user_metadata, app_metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+EVENT_SQL = (
+    "INSERT INTO postreg_events (id, user_id, payload, created_at, run_id)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+DELIVERY_SQL = (
+    "INSERT INTO postreg_deliveries (event_id, hook, status, attempts, claim,"
+    " locked_until, next_attempt_at, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def noop_hook(user: Any, context: Any) -> None:
+    """The no-op hook of the budget."""
+
+
+def _raw_loop(path: str, n: int, *, outbox: bool) -> float:
+    """``n`` commits through plain sqlite3; with ``outbox`` also the event and
+    delivery rows a registration writes. Seconds taken."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        start = time.perf_counter()
+        for _ in range(n):
+            i = next(_ids)
+            now = time.time()
+            conn.execute("BEGIN")
+            cursor = conn.execute(
+                USER_SQL,
+                (
+                    f"raw{i}",
+                    f"raw{i}@example.com",
+                    "pbkdf2:sha256:600000$bench$" + "0" * 64,
+                    0,
+                    '{"plan": "free"}',
+                    "{}",
+                    "2026-01-01 00:00:00.000000",
+                ),
+            )
+            if outbox:
+                event_id = new_event_id()
+                user = User(
+                    id=str(cursor.lastrowid),
+                    username=f"raw{i}",
+                    email=f"raw{i}@example.com",
+                    user_metadata={"plan": "free"},
+                )
+                context = Context(event_id=event_id, tenant="bench")
+                payload = Event(id=event_id, user=user, context=context).to_json()
+                conn.execute(EVENT_SQL, (event_id, user.id, payload, now, None))
+                lease = now + 80.0
+                conn.execute(
+                    DELIVERY_SQL,
+                    (event_id, "bench:noop", "running", 1, 1, lease, lease, now, now),
+                )
+            conn.execute("COMMIT")
+        return time.perf_counter() - start
+    finally:
+        conn.close()
+
+
+def run(run: Run) -> None:
+    settings, report = run.settings, run.report
+    n = settings.pick(2000, 300)
+    rounds = settings.pick(5, 3)
+    baseline = make_app(settings, "breakdown-baseline")
+    written, why = database_store_app(
+        settings,
+        "breakdown-write-only",
+        postreg={"RUN_IN_WEB": False, "POLL_INTERVAL": 3600.0},
+        hooks=[noop_hook],
+    )
+    if written is None:
+        close(baseline)
+        report.line(f"database store: not available in this build ({why})")
+        return
+    raw_user = make_app(settings, "breakdown-raw-user")
+    raw_outbox, _ = database_store_app(settings, "breakdown-raw-outbox")
+    assert raw_outbox is not None
+    try:
+        commit_loop(baseline, 50)
+        commit_loop(written, 50)
+        _raw_loop(raw_user.path, 50, outbox=False)
+        _raw_loop(raw_outbox.path, 50, outbox=True)
+        results = interleave(
+            {
+                "baseline": lambda: commit_loop(baseline, n),
+                "written": lambda: commit_loop(written, n),
+                "raw user": lambda: _raw_loop(raw_user.path, n, outbox=False),
+                "raw outbox": lambda: _raw_loop(raw_outbox.path, n, outbox=True),
+            },
+            rounds,
+        )
+    finally:
+        for bench in (baseline, written, raw_user, raw_outbox):
+            close(bench)
+    base = results["baseline"]
+    write_only = paired_ratios(results["written"], base)
+    report.figure(
+        "database store, write path only (nothing run in this process)",
+        ratio_text(median(write_only)),
+        "breakdown",
+        None,
+        f"{n} commits x {rounds} rounds, spread {spread(write_only)}",
+    )
+    added = [
+        (outbox - user) / orm
+        for outbox, user, orm in zip(
+            results["raw outbox"], results["raw user"], base, strict=True
+        )
+    ]
+    raw_ms = median(results["raw user"]) / n * 1e3
+    outbox_ms = median(results["raw outbox"]) / n * 1e3
+    report.figure(
+        "raw sqlite3 floor: the same outbox rows, as a share of the ORM commit",
+        f"+{median(added):.2f}x",
+        "breakdown",
+        None,
+        f"raw commit {raw_ms:.2f} -> {outbox_ms:.2f} ms, ORM baseline"
+        f" {median(base) / n * 1e3:.2f} ms, spread {spread(added)}",
+    )
