@@ -345,6 +345,52 @@ def test_missing_tables_registration_succeeds_and_says_what_to_run(make_app, cap
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Account)) == 2
 
 
+@both
+def test_outbox_insert_failing_fails_the_commit_with_a_sqlalchemy_error(make_app):
+    """Tables dropped after the once-per-engine check: the INSERT fails inside
+    the registration's flush. The commit raises SQLAlchemy's error (not the
+    driver's), without the payload in its message, and commits nothing."""
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="h")
+    register(app, "ann@example.com")  # tables checked (present) and cached
+    assert postreg.join(10)
+    with app.app_context():
+        store(app).t.deliveries.drop(db.engine)
+    with app.app_context():
+        db.session.add(Account(email="bob@example.com"))
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            db.session.commit()
+        db.session.rollback()
+        assert "postreg_deliveries" in str(raised.value)
+        assert "bob@example.com" not in str(raised.value)
+        emails = db.session.scalars(sa.select(Account.email)).all()
+    assert emails == ["ann@example.com"]
+
+
+@both
+def test_outbox_inserts_are_seen_by_statement_listeners(make_app):
+    """With a before_cursor_execute listener (query recording, tracing) the
+    outbox INSERTs go through SQLAlchemy, so the listener sees them."""
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="h")
+    seen = []
+    with app.app_context():
+        engine = db.engine
+
+    def listener(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement.split("(")[0].strip())
+
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        register(app, "ann@example.com")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
+    assert postreg.join(10)
+    assert "INSERT INTO postreg_events" in seen
+    assert "INSERT INTO postreg_deliveries" in seen
+    assert [e["email"] for e in events(app)] == ["ann@example.com"]
+
+
 # -- privacy -----------------------------------------------------------------------
 
 
