@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -115,7 +116,8 @@ class DatabaseStore(Store):
         self.batch_delay = batch_delay
         self.history = MemoryStore(history_size)
         self._engine: sa.Engine | None = None
-        self._insert_sql: dict[tuple[str, str, str], tuple[str, list[str] | None]] = {}
+        # Driver SQL by (dialect, paramstyle, statement): see _execute.
+        self._compiled: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
         self._tables_ok: weakref.WeakKeyDictionary[sa.Engine, bool] = (
             weakref.WeakKeyDictionary()
         )
@@ -248,26 +250,45 @@ class DatabaseStore(Store):
     def _insert(
         self, connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
     ) -> None:
-        """INSERT with SQL compiled once per dialect, on the driver's own cursor.
+        """INSERT ``rows`` (all with the same keys) into ``table``."""
+        if rows:
+            keys = list(rows[0])
+            self._execute(
+                connection,
+                ("insert", table.name),
+                lambda: table.insert().compile(
+                    dialect=connection.dialect, column_keys=keys
+                ),
+                rows,
+            )
 
-        This runs in every registration's transaction, where each microsecond is
-        measured (``make bench``): SQLAlchemy's per-statement compile-cache lookup
-        and execution context cost more than SQLite's own work for these rows.
+    def _execute(
+        self,
+        connection: sa.Connection,
+        name: tuple[str, str],
+        build: Callable[[], sa.sql.compiler.Compiled],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        """Run a statement compiled once per dialect, on the driver's own cursor.
+
+        The outbox INSERTs run in every registration's transaction, where each
+        microsecond is measured (``make bench``): SQLAlchemy's per-statement
+        compile-cache lookup and execution context cost more than SQLite's own
+        work for these rows; the outcome writer holds the database lock shorter.
         When something watches the engine's statements (a ``before_cursor_execute``
         or ``after_cursor_execute`` listener, as Flask-SQLAlchemy's query recording
         and tracing libraries add, or SQL logging) they go through SQLAlchemy so it
-        sees them. Driver errors are raised as SQLAlchemy's ``DBAPIError`` either way.
+        sees them. Driver errors are raised as SQLAlchemy's ``DBAPIError`` either
+        way, without parameters (payloads are personal data).
         """
-        if not rows:
-            return
         dialect = connection.dialect
-        key = (dialect.name, dialect.paramstyle, table.name)
-        compiled = self._insert_sql.get(key)
+        key = (dialect.name, dialect.paramstyle, *name)
+        compiled = self._compiled.get(key)
         if compiled is None:
-            stmt = table.insert().compile(dialect=dialect, column_keys=list(rows[0]))
-            order = list(stmt.positiontup or ()) if dialect.positional else None
+            stmt = build()
+            order = list(stmt.positiontup or ()) if dialect.positional else None  # type: ignore[attr-defined]
             compiled = (str(stmt), order)
-            self._insert_sql[key] = compiled
+            self._compiled[key] = compiled
         sql, order = compiled
         params: list[Any] = (
             [tuple(row[k] for k in order) for row in rows]
@@ -290,7 +311,7 @@ class DatabaseStore(Store):
                 params,
                 exc,
                 dialect.loaded_dbapi.Error,
-                hide_parameters=True,  # the payload is personal data
+                hide_parameters=True,
                 dialect=dialect,
             ) from exc
         finally:
@@ -590,23 +611,27 @@ class DatabaseStore(Store):
     def _write_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         d = self.t.deliveries
         now = time.time()
-        stmt = (
-            sa.update(d)
-            .where(
-                d.c.event_id == sa.bindparam("b_event"),
-                d.c.hook == sa.bindparam("b_hook"),
-                d.c.claim == sa.bindparam("b_claim"),
+
+        def build() -> Any:
+            return (
+                sa.update(d)
+                .where(
+                    d.c.event_id == sa.bindparam("b_event"),
+                    d.c.hook == sa.bindparam("b_hook"),
+                    d.c.claim == sa.bindparam("b_claim"),
+                )
+                .values(
+                    status=sa.bindparam("b_status"),
+                    locked_until=sa.null(),
+                    next_attempt_at=sa.bindparam("b_next"),
+                    duration=sa.bindparam("b_duration"),
+                    error_class=sa.bindparam("b_error_class"),
+                    error=sa.bindparam("b_error"),
+                    updated_at=sa.bindparam("b_updated"),
+                )
+                .compile(dialect=self.engine.dialect)
             )
-            .values(
-                status=sa.bindparam("b_status"),
-                locked_until=None,
-                next_attempt_at=sa.bindparam("b_next"),
-                duration=sa.bindparam("b_duration"),
-                error_class=sa.bindparam("b_error_class"),
-                error=sa.bindparam("b_error"),
-                updated_at=now,
-            )
-        )
+
         rows = [
             {
                 "b_event": o.event_id,
@@ -617,11 +642,12 @@ class DatabaseStore(Store):
                 "b_duration": o.duration,
                 "b_error_class": o.error_class,
                 "b_error": o.error,
+                "b_updated": now,
             }
             for o in outcomes
         ]
         with self.engine.begin() as conn:
-            conn.execute(stmt, rows)
+            self._execute(conn, ("outcome", d.name), build, rows)
 
     # -- query API ---------------------------------------------------------
 
