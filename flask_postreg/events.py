@@ -132,6 +132,12 @@ def new_event_id() -> str:
     return f"evt_{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
+def event_id_floor(seconds: float) -> str:
+    """The lowest id :func:`new_event_id` gives at ``seconds`` (epoch) or later,
+    so "made before then" is a range of ids."""
+    return f"evt_{int(seconds * 1e9):016x}"
+
+
 def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 

@@ -25,6 +25,7 @@ from flask_postreg import User
 from flask_postreg.dispatch import RetryPolicy
 from flask_postreg.events import Context
 from flask_postreg.events import Event
+from flask_postreg.events import event_id_floor
 from flask_postreg.events import new_event_id
 
 from . import workers
@@ -346,24 +347,42 @@ def test_missing_tables_registration_succeeds_and_says_what_to_run(make_app, cap
 
 
 @both
-def test_outbox_insert_failing_fails_the_commit_with_a_sqlalchemy_error(make_app):
+@pytest.mark.parametrize("watched", [False, True], ids=["driver", "listened"])
+def test_outbox_insert_failing_fails_the_commit_with_a_sqlalchemy_error(
+    make_app, watched
+):
     """Tables dropped after the once-per-engine check: the INSERT fails inside
     the registration's flush. The commit raises SQLAlchemy's error (not the
-    driver's), without the payload in its message, and commits nothing."""
+    driver's), without the payload in its message, and commits nothing; also
+    when a statement listener (query recording, tracing) routes it through
+    SQLAlchemy."""
     app, postreg = make_app()
     postreg.hook(lambda u, c: None, name="h")
     register(app, "ann@example.com")  # tables checked (present) and cached
     assert postreg.join(10)
+    t = store(app).t
     with app.app_context():
-        store(app).t.deliveries.drop(db.engine)
-    with app.app_context():
-        db.session.add(Account(email="bob@example.com"))
-        with pytest.raises(sa.exc.DBAPIError) as raised:
-            db.session.commit()
-        db.session.rollback()
-        assert "postreg_deliveries" in str(raised.value)
-        assert "bob@example.com" not in str(raised.value)
-        emails = db.session.scalars(sa.select(Account.email)).all()
+        engine = db.engine
+        t.deliveries.drop(engine)
+        t.events.drop(engine)
+
+    def listener(*args):
+        pass
+
+    if watched:
+        sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with app.app_context():
+            db.session.add(Account(email="bob@example.com"))
+            with pytest.raises(sa.exc.DBAPIError) as raised:
+                db.session.commit()
+            db.session.rollback()
+            emails = db.session.scalars(sa.select(Account.email)).all()
+    finally:
+        if watched:
+            sa.event.remove(engine, "before_cursor_execute", listener)
+    assert "postreg_events" in str(raised.value)
+    assert "bob@example.com" not in str(raised.value)
     assert emails == ["ann@example.com"]
 
 
@@ -481,6 +500,7 @@ def test_query_api(make_app, db_url):
     assert postreg.join(10)
     postreg.shutdown(5)  # no poller from here on: the rows stay as we leave them
     s = store(app)
+    state = app.extensions["postreg"]
 
     assert s.counts() == {("ok", "succeeded"): 3, ("bad", "dead"): 3}
     dead = s.deliveries(status="dead")
@@ -520,21 +540,55 @@ def test_query_api(make_app, db_url):
 
     # prune: only succeeded deliveries older than the cutoff, and their events.
     assert s.prune(7) == 0
-    with app.app_context():
-        old = time.time() - 8 * 86400
-        first = s.deliveries(hook="ok", limit=10)[-1].event_id
-        db.session.execute(
+    old = time.time() - 8 * 86400
+    old_id = event_id_floor(old) + "0" * 16  # an event made 8 days ago
+    user = User(id="0", email="old@example.com")
+    with s.engine.begin() as conn:
+        s.write(conn, [Event(old_id, user, Context(event_id=old_id))], state.hooks())
+        conn.execute(
             sa.update(s.t.deliveries)
-            .where(s.t.deliveries.c.event_id == first)
-            .values(updated_at=old)
+            .where(s.t.deliveries.c.event_id == old_id)
+            .values(status="succeeded", updated_at=old)
         )
-        db.session.execute(
-            sa.update(s.t.events).where(s.t.events.c.id == first).values(created_at=old)
+        conn.execute(
+            sa.update(s.t.events)
+            .where(s.t.events.c.id == old_id)
+            .values(created_at=old)
         )
-        db.session.commit()
+    assert len(events(app)) == 4
     assert s.prune(7) == 2
-    assert first not in {e["id"] for e in events(app)}
-    assert len(events(app)) == 2 and len(deliveries(app)) == 4
+    assert old_id not in {e["id"] for e in events(app)}
+    assert len(events(app)) == 3 and len(deliveries(app)) == 6
+
+
+@both
+def test_release_takes_any_number_of_ids(make_app):
+    """The poller releases every id the queue refused in one call: more than
+    SQLite's bound-variable limit must work (one primary-key lookup each)."""
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="h")
+    state = app.extensions["postreg"]
+    s = store(app)
+    with s.engine.begin() as conn:
+        (refused,) = s.write(conn, [make_event(1)], state.hooks())
+    s.release([f"evt_{i:032x}:h" for i in range(40_000)] + [refused.row_id, "junk"])
+    (again,) = s.claim_due(state.hooks(), 10)
+    assert again.row_id == refused.row_id
+
+
+@both
+def test_database_history_keeps_no_count_of_retries_taken_elsewhere(make_app):
+    """A retry another process's poller took never ends in this process's
+    recent-history copy; it must not be remembered there for ever."""
+    app, postreg = make_app(POSTREG_RETRY_SCHEDULE=[3600])
+    postreg.hook(lambda u, c: 1 / 0, name="h", max_attempts=3)
+    register(app, "ann@example.com")
+    history = store(app).history
+    wait_for(history.recent, 10, "the first attempt's outcome")
+    assert postreg.shutdown(5)  # its retry, due in an hour, is left to pollers
+    assert [o.status for o in history.recent()] == ["pending"]
+    assert history._open == {} and history.counts() == {}
+    assert store(app).counts() == {("h", "pending"): 1}
 
 
 @both

@@ -22,7 +22,6 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -38,6 +37,7 @@ from ..dispatch import SUCCEEDED
 from ..dispatch import Delivery
 from ..dispatch import Hook
 from ..events import Event
+from ..events import event_id_floor
 from .base import DeliveryRecord
 from .base import Store
 from .base import to_datetime
@@ -63,13 +63,22 @@ def delivery_id(event_id: str, hook: str) -> str:
 
 
 def _watched(connection: sa.Connection) -> bool:
-    """Does anything observe this connection's statements (listeners, SQL log)?"""
+    """Does anything observe or rewrite this connection's statements?"""
     dispatch = connection.dispatch
     return bool(
-        dispatch.before_cursor_execute
+        dispatch.before_execute
+        or dispatch.after_execute
+        or dispatch.before_cursor_execute
         or dispatch.after_cursor_execute
         or connection.engine.logger.isEnabledFor(logging.INFO)
+        or connection.get_execution_options().get("schema_translate_map")
     )
+
+
+def _keys(ids: Iterable[str]) -> list[dict[str, Any]]:
+    """``b_event``/``b_hook`` parameters for delivery ids; others are ignored."""
+    keys = (split_delivery_id(i) for i in ids)
+    return [{"b_event": k[0], "b_hook": k[1]} for k in keys if k is not None]
 
 
 def split_delivery_id(value: str) -> tuple[str, str] | None:
@@ -114,7 +123,7 @@ class DatabaseStore(Store):
         self.t = tables
         self.bind_key = bind_key
         self.batch_delay = batch_delay
-        self.history = MemoryStore(history_size)
+        self.history = MemoryStore(history_size, counts=False)
         self._engine: sa.Engine | None = None
         # Driver SQL by (dialect, paramstyle, statement): see _execute.
         self._compiled: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
@@ -252,42 +261,43 @@ class DatabaseStore(Store):
     ) -> None:
         """INSERT ``rows`` (all with the same keys) into ``table``."""
         if rows:
-            keys = list(rows[0])
-            self._execute(
-                connection,
-                ("insert", table.name),
-                lambda: table.insert().compile(
-                    dialect=connection.dialect, column_keys=keys
-                ),
-                rows,
-            )
+            self._execute(connection, ("insert", table.name), table.insert(), rows)
 
     def _execute(
         self,
         connection: sa.Connection,
         name: tuple[str, str],
-        build: Callable[[], sa.sql.compiler.Compiled],
+        stmt: sa.Insert | sa.Update,
         rows: list[dict[str, Any]],
     ) -> None:
-        """Run a statement compiled once per dialect, on the driver's own cursor.
+        """Run ``stmt`` for ``rows``, compiled once per dialect, on the driver's
+        own cursor.
 
         The outbox INSERTs run in every registration's transaction, where each
         microsecond is measured (``make bench``): SQLAlchemy's per-statement
         compile-cache lookup and execution context cost more than SQLite's own
         work for these rows; the outcome writer holds the database lock shorter.
-        When something watches the engine's statements (a ``before_cursor_execute``
-        or ``after_cursor_execute`` listener, as Flask-SQLAlchemy's query recording
-        and tracing libraries add, or SQL logging) they go through SQLAlchemy so it
-        sees them. Driver errors are raised as SQLAlchemy's ``DBAPIError`` either
-        way, without parameters (payloads are personal data).
+        When anything watches or rewrites the connection's statements (execute
+        and cursor listeners, as Flask-SQLAlchemy's query recording and tracing
+        libraries add, SQL logging, a ``schema_translate_map``) the statement goes
+        through SQLAlchemy as usual. Either way an error is SQLAlchemy's
+        ``DBAPIError`` without parameters: the payload is personal data.
         """
+        if _watched(connection):
+            try:
+                connection.execute(stmt, rows)
+            except sa.exc.StatementError as exc:
+                exc.hide_parameters = True
+                raise
+            return
         dialect = connection.dialect
         key = (dialect.name, dialect.paramstyle, *name)
         compiled = self._compiled.get(key)
         if compiled is None:
-            stmt = build()
-            order = list(stmt.positiontup or ()) if dialect.positional else None  # type: ignore[attr-defined]
-            compiled = (str(stmt), order)
+            keys = list(rows[0]) if isinstance(stmt, sa.Insert) else None
+            done = stmt.compile(dialect=dialect, column_keys=keys)
+            order = list(done.positiontup or ()) if dialect.positional else None
+            compiled = (str(done), order)
             self._compiled[key] = compiled
         sql, order = compiled
         params: list[Any] = (
@@ -295,16 +305,12 @@ class DatabaseStore(Store):
             if order is not None
             else rows
         )
-        one = params[0] if len(params) == 1 else None
-        if _watched(connection):
-            connection.exec_driver_sql(sql, params if one is None else one)
-            return
         cursor = connection.connection.cursor()
         try:
-            if one is None:
-                cursor.executemany(sql, params)
+            if len(params) == 1:
+                cursor.execute(sql, params[0])
             else:
-                cursor.execute(sql, one)
+                cursor.executemany(sql, params)
         except dialect.loaded_dbapi.Error as exc:
             raise sa.exc.DBAPIError.instance(
                 sql,
@@ -375,22 +381,24 @@ class DatabaseStore(Store):
 
     def release(self, ids: Sequence[str]) -> None:
         """End the pre-leases of rows the queue refused, so they are due now."""
+        rows = _keys(ids)
+        if not rows:
+            return
         d = self.t.deliveries
         stmt = (
             sa.update(d)
-            .where(self._ids_in(ids), d.c.claim == 1, d.c.status == RUNNING)
+            .where(self._is_key(), d.c.claim == 1, d.c.status == RUNNING)
             .values(locked_until=0.0, next_attempt_at=0.0)
         )
         with self.engine.begin() as conn:
-            conn.execute(stmt)
+            conn.execute(stmt, rows)  # one primary-key lookup per id, any number
 
-    def _ids_in(self, ids: Iterable[str]) -> Any:
-        """WHERE clause: the row is one of these delivery ids (others are ignored)."""
+    def _is_key(self) -> Any:
+        """WHERE clause: the row is ``b_event:b_hook`` (see :func:`_keys`)."""
         d = self.t.deliveries
-        keys = [key for key in map(split_delivery_id, ids) if key is not None]
-        if not keys:
-            return sa.false()
-        return sa.tuple_(d.c.event_id, d.c.hook).in_(keys)
+        return sa.and_(
+            d.c.event_id == sa.bindparam("b_event"), d.c.hook == sa.bindparam("b_hook")
+        )
 
     def _claimed(self) -> Any:
         """WHERE clause: the row is still held under the claim the caller ran with."""
@@ -612,26 +620,23 @@ class DatabaseStore(Store):
         d = self.t.deliveries
         now = time.time()
 
-        def build() -> Any:
-            return (
-                sa.update(d)
-                .where(
-                    d.c.event_id == sa.bindparam("b_event"),
-                    d.c.hook == sa.bindparam("b_hook"),
-                    d.c.claim == sa.bindparam("b_claim"),
-                )
-                .values(
-                    status=sa.bindparam("b_status"),
-                    locked_until=sa.null(),
-                    next_attempt_at=sa.bindparam("b_next"),
-                    duration=sa.bindparam("b_duration"),
-                    error_class=sa.bindparam("b_error_class"),
-                    error=sa.bindparam("b_error"),
-                    updated_at=sa.bindparam("b_updated"),
-                )
-                .compile(dialect=self.engine.dialect)
+        stmt = (
+            sa.update(d)
+            .where(
+                d.c.event_id == sa.bindparam("b_event"),
+                d.c.hook == sa.bindparam("b_hook"),
+                d.c.claim == sa.bindparam("b_claim"),
             )
-
+            .values(
+                status=sa.bindparam("b_status"),
+                locked_until=sa.null(),
+                next_attempt_at=sa.bindparam("b_next"),
+                duration=sa.bindparam("b_duration"),
+                error_class=sa.bindparam("b_error_class"),
+                error=sa.bindparam("b_error"),
+                updated_at=sa.bindparam("b_updated"),
+            )
+        )
         rows = [
             {
                 "b_event": o.event_id,
@@ -647,7 +652,7 @@ class DatabaseStore(Store):
             for o in outcomes
         ]
         with self.engine.begin() as conn:
-            self._execute(conn, ("outcome", d.name), build, rows)
+            self._execute(conn, ("outcome", d.name), stmt, rows)
 
     # -- query API ---------------------------------------------------------
 
@@ -697,7 +702,10 @@ class DatabaseStore(Store):
 
     def retry(self, ids: Iterable[str]) -> int:
         d = self.t.deliveries
-        return self._requeue(self._ids_in(ids) & d.c.status.in_([DEAD, PENDING]))
+        rows = _keys(ids)
+        if not rows:
+            return 0
+        return self._requeue(self._is_key() & d.c.status.in_([DEAD, PENDING]), rows)
 
     def retry_dead(self, hook: str | None = None) -> int:
         d = self.t.deliveries
@@ -706,8 +714,9 @@ class DatabaseStore(Store):
             cond = cond & (d.c.hook == hook)
         return self._requeue(cond)
 
-    def _requeue(self, cond: Any) -> int:
-        """Back to pending, due now, with a fresh attempt budget."""
+    def _requeue(self, cond: Any, rows: list[dict[str, Any]] | None = None) -> int:
+        """Back to pending, due now, with a fresh attempt budget; ``rows`` are
+        the parameters of ``cond``, one statement each."""
         self.flush()
         d = self.t.deliveries
         now = time.time()
@@ -724,7 +733,10 @@ class DatabaseStore(Store):
             )
         )
         with self.engine.begin() as conn:
-            return int(conn.execute(stmt).rowcount or 0)
+            if rows is None:
+                return int(conn.execute(stmt).rowcount or 0)
+            # One by one: executemany reports no reliable rowcount everywhere.
+            return sum(int(conn.execute(stmt, row).rowcount or 0) for row in rows)
 
     def prune(self, older_than_days: float) -> int:
         """Delete succeeded deliveries older than that, and events left with none."""
@@ -735,7 +747,13 @@ class DatabaseStore(Store):
                 sa.delete(d).where(d.c.status == SUCCEEDED, d.c.updated_at < cutoff)
             ).rowcount
             orphan = ~sa.exists().where(d.c.event_id == e.c.id)
-            conn.execute(sa.delete(e).where(e.c.created_at < cutoff, orphan))
+            # Event ids start with their creation time: the id bound makes this a
+            # range of the primary key, not a scan of every event kept.
+            conn.execute(
+                sa.delete(e).where(
+                    e.c.id < event_id_floor(cutoff), e.c.created_at < cutoff, orphan
+                )
+            )
         return int(deleted or 0)
 
     def hook_settings(self) -> dict[str, bool]:

@@ -16,12 +16,19 @@ if TYPE_CHECKING:
 
 
 class MemoryStore(Store):
-    """Keeps the last ``size`` outcomes and deliveries: bounded under any burst."""
+    """Keeps the last ``size`` outcomes and deliveries: bounded under any burst.
+
+    With ``counts`` (the memory store proper) it also counts every delivery of
+    the process by hook and status. The database store's recent-history copy
+    does without: its counts come from the database, and a retry another
+    process took would never end here.
+    """
 
     name = "memory"
 
-    def __init__(self, size: int = 1000) -> None:
+    def __init__(self, size: int = 1000, *, counts: bool = True) -> None:
         self.size = size
+        self.counting = counts
         self._lock = threading.Lock()
         forksafe.register(self)
         self._history: collections.deque[Outcome] = collections.deque(maxlen=size)
@@ -42,12 +49,13 @@ class MemoryStore(Store):
         with self._lock:
             self._history.append(outcome)
             old = self._deliveries.pop(key, None)
-            before = self._open.pop(key, None)
-            if before is not None:
-                self._totals[(outcome.hook, before)] -= 1
-            self._totals[(outcome.hook, outcome.status)] += 1
-            if outcome.retry_in is not None:
-                self._open[key] = outcome.status
+            if self.counting:
+                before = self._open.pop(key, None)
+                if before is not None:
+                    self._totals[(outcome.hook, before)] -= 1
+                self._totals[(outcome.hook, outcome.status)] += 1
+                if outcome.retry_in is not None:
+                    self._open[key] = outcome.status
             next_at = None
             if outcome.retry_in is not None:
                 next_at = outcome.finished_at + _dt.timedelta(seconds=outcome.retry_in)
@@ -103,7 +111,7 @@ class MemoryStore(Store):
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Every delivery of this process by its latest status (not only the
-        ``size`` remembered ones; a retry of a forgotten one may count twice)."""
+        ``size`` remembered ones)."""
         with self._lock:
             return {k: n for k, n in self._totals.items() if n > 0}
 
