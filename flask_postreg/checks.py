@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from . import config as _config
 from .store.database import DatabaseStore
+from .store.database import layout_problems
 
 if TYPE_CHECKING:
     from .state import _State
@@ -73,6 +74,13 @@ def _store(state: _State) -> list[Check]:
                 for t in tables
                 if not inspector.has_table(t.name, schema=t.schema)
             ]
+            stale = [
+                f"{t.name} ({'; '.join(problems)})"
+                for t in tables
+                if t.name not in missing
+                for problems in [layout_problems(inspector, t)]
+                if problems
+            ]
     except Exception as exc:
         return [
             Check("store", "database", False, f"{url}: {type(exc).__name__}: {exc}")
@@ -86,6 +94,17 @@ def _store(state: _State) -> list[Check]:
                 f"missing in {url}: {', '.join(missing)}; create them with"
                 " db.create_all() or a migration (flask db migrate && flask db"
                 " upgrade)",
+            )
+        ]
+    if stale:
+        return [
+            Check(
+                "store",
+                "tables",
+                False,
+                f"not the layout this version writes, in {url}: {', '.join(stale)};"
+                " migrate them (flask db migrate && flask db upgrade) or drop and"
+                " recreate them with db.create_all()",
             )
         ]
     return [Check("store", "tables", True, f"postreg_* tables present in {url}")]

@@ -295,6 +295,26 @@ def test_check_missing_tables_exit_1(app, postreg, recorder):
     assert "db.create_all()" in result.output
 
 
+def test_check_tables_of_an_older_layout_exit_1(app, postreg, recorder):
+    deliveries = app.extensions["postreg"].store.t.deliveries
+    older = sa.Table(  # the same without the error column
+        deliveries.name,
+        sa.MetaData(),
+        *(
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in deliveries.columns
+            if c.name != "error"
+        ),
+    )
+    with app.app_context():
+        deliveries.drop(db.engine)
+        older.create(db.engine)
+    result = invoke(app, "check")
+    assert result.exit_code == 1
+    assert "postreg_deliveries (no column error)" in result.output
+    assert "flask db upgrade" in result.output
+
+
 def test_check_ping_exit_2_when_an_endpoint_is_down(make_app):
     port = closed_port()
     with socket.socket() as listener:

@@ -347,6 +347,38 @@ def test_missing_tables_registration_succeeds_and_says_what_to_run(make_app, cap
 
 
 @both
+def test_tables_of_an_older_layout_say_what_to_run(make_app, caplog):
+    """postreg_deliveries as an earlier version created it (a surrogate id key):
+    registration succeeds, hooks run in memory, one ERROR says to migrate."""
+    app, postreg = make_app()
+    recorder = Recorder()
+    postreg.hook(recorder, name="recorder")
+    with app.app_context():
+        store(app).t.deliveries.drop(db.engine)
+        old = sa.Table(
+            "postreg_deliveries",
+            sa.MetaData(),
+            sa.Column("id", sa.String(40), primary_key=True),
+            sa.Column("event_id", sa.String(40), nullable=False),
+            sa.Column("hook", sa.String(255), nullable=False),
+            sa.Column("status", sa.String(16), nullable=False),
+        )
+        old.create(db.engine)
+    with caplog.at_level(logging.WARNING, logger="flask_postreg"):
+        register(app, "ann@example.com")
+        register(app, "bob@example.com")
+        assert postreg.join(10)
+    assert sorted(recorder.emails) == ["ann@example.com", "bob@example.com"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "postreg_deliveries (no column attempts; no column claim" in errors[0]
+    assert "primary key is not (event_id, hook)" in errors[0]
+    assert "flask db upgrade" in errors[0] and "db.create_all()" in errors[0]
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Account)) == 2
+
+
+@both
 @pytest.mark.parametrize("watched", [False, True], ids=["driver", "listened"])
 def test_outbox_insert_failing_fails_the_commit_with_a_sqlalchemy_error(
     make_app, watched

@@ -75,6 +75,18 @@ def _watched(connection: sa.Connection) -> bool:
     )
 
 
+def layout_problems(inspector: Any, table: sa.Table) -> list[str]:
+    """What differs between ``table`` and the database's: missing columns, another
+    primary key (a table created by an earlier version)."""
+    found = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+    problems = [f"no column {c.name}" for c in table.columns if c.name not in found]
+    key = inspector.get_pk_constraint(table.name, schema=table.schema)
+    ours = [c.name for c in table.primary_key.columns]
+    if sorted(key.get("constrained_columns") or []) != sorted(ours):
+        problems.append(f"primary key is not ({', '.join(ours)})")
+    return problems
+
+
 def _keys(ids: Iterable[str]) -> list[dict[str, Any]]:
     """``b_event``/``b_hook`` parameters for delivery ids; others are ignored."""
     keys = (split_delivery_id(i) for i in ids)
@@ -167,18 +179,27 @@ class DatabaseStore(Store):
         return ok
 
     def tables_present(self, connection: sa.Connection) -> bool:
-        """Checked once per engine; if missing, say what to run and fall back."""
+        """Checked once per engine; if missing (or laid out differently than this
+        version writes), say what to run and fall back to memory."""
         engine = connection.engine
         ok = self._tables_ok.get(engine)
         if ok is None:
             inspector = sa.inspect(connection)
+            tables = (self.t.events, self.t.deliveries)
             missing = [
                 t.name
-                for t in (self.t.events, self.t.deliveries)
+                for t in tables
                 if not inspector.has_table(t.name, schema=t.schema)
             ]
-            ok = not missing
+            layouts = {
+                t.name: layout_problems(inspector, t)
+                for t in tables
+                if t.name not in missing
+            }
+            stale = [f"{name} ({'; '.join(p)})" for name, p in layouts.items() if p]
+            ok = not missing and not stale
             self._tables_ok[engine] = ok
+            where = engine.url.render_as_string(hide_password=True)
             if missing:
                 logger.error(
                     "flask-postreg: table(s) %s missing in database %s. Create them"
@@ -186,7 +207,17 @@ class DatabaseStore(Store):
                     " db upgrade), then restart this process: it checked once and runs"
                     " hooks in memory (not durable across restarts) until it restarts.",
                     ", ".join(missing),
-                    engine.url.render_as_string(hide_password=True),
+                    where,
+                )
+            elif stale:
+                logger.error(
+                    "flask-postreg: table(s) %s in database %s do not have the layout"
+                    " this version writes. Migrate them (flask db migrate && flask db"
+                    " upgrade), or drop and recreate them with db.create_all() if"
+                    " their rows can go, then restart this process: until then it"
+                    " runs hooks in memory (not durable across restarts).",
+                    "; ".join(stale),
+                    where,
                 )
         return ok
 
