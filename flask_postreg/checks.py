@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from . import config as _config
 from .store.database import DatabaseStore
-from .store.database import layout_problems
+from .store.database import table_problems
 
 if TYPE_CHECKING:
     from .state import _State
@@ -67,20 +67,10 @@ def _store(state: _State) -> list[Check]:
     url = store.engine.url.render_as_string(hide_password=True)
     try:
         with store.engine.connect() as conn:
-            inspector = sa.inspect(conn)
-            tables = (store.t.events, store.t.deliveries, store.t.hook_settings)
-            missing = [
-                t.name
-                for t in tables
-                if not inspector.has_table(t.name, schema=t.schema)
-            ]
-            stale = [
-                f"{t.name} ({'; '.join(problems)})"
-                for t in tables
-                if t.name not in missing
-                for problems in [layout_problems(inspector, t)]
-                if problems
-            ]
+            missing, stale = table_problems(
+                sa.inspect(conn),
+                (store.t.events, store.t.deliveries, store.t.hook_settings),
+            )
     except Exception as exc:
         return [
             Check("store", "database", False, f"{url}: {type(exc).__name__}: {exc}")

@@ -75,16 +75,27 @@ def _watched(connection: sa.Connection) -> bool:
     )
 
 
-def layout_problems(inspector: Any, table: sa.Table) -> list[str]:
-    """What differs between ``table`` and the database's: missing columns, another
-    primary key (a table created by an earlier version)."""
-    found = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
-    problems = [f"no column {c.name}" for c in table.columns if c.name not in found]
-    key = inspector.get_pk_constraint(table.name, schema=table.schema)
-    ours = [c.name for c in table.primary_key.columns]
-    if sorted(key.get("constrained_columns") or []) != sorted(ours):
-        problems.append(f"primary key is not ({', '.join(ours)})")
-    return problems
+def table_problems(
+    inspector: Any, tables: Iterable[sa.Table]
+) -> tuple[list[str], list[str]]:
+    """The names of ``tables`` missing from the database, and how each of the
+    others differs from what this version writes (missing columns, another
+    primary key: a table created by an earlier version), as ``name (problems)``."""
+    missing, stale = [], []
+    for table in tables:
+        if not inspector.has_table(table.name, schema=table.schema):
+            missing.append(table.name)
+            continue
+        columns = inspector.get_columns(table.name, schema=table.schema)
+        found = {c["name"] for c in columns}
+        problems = [f"no column {c.name}" for c in table.columns if c.name not in found]
+        key = inspector.get_pk_constraint(table.name, schema=table.schema)
+        ours = [c.name for c in table.primary_key.columns]
+        if sorted(key.get("constrained_columns") or []) != sorted(ours):
+            problems.append(f"primary key is not ({', '.join(ours)})")
+        if problems:
+            stale.append(f"{table.name} ({'; '.join(problems)})")
+    return missing, stale
 
 
 def _keys(ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -184,19 +195,9 @@ class DatabaseStore(Store):
         engine = connection.engine
         ok = self._tables_ok.get(engine)
         if ok is None:
-            inspector = sa.inspect(connection)
-            tables = (self.t.events, self.t.deliveries)
-            missing = [
-                t.name
-                for t in tables
-                if not inspector.has_table(t.name, schema=t.schema)
-            ]
-            layouts = {
-                t.name: layout_problems(inspector, t)
-                for t in tables
-                if t.name not in missing
-            }
-            stale = [f"{name} ({'; '.join(p)})" for name, p in layouts.items() if p]
+            missing, stale = table_problems(
+                sa.inspect(connection), (self.t.events, self.t.deliveries)
+            )
             ok = not missing and not stale
             self._tables_ok[engine] = ok
             where = engine.url.render_as_string(hide_password=True)
