@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -148,7 +149,9 @@ class DatabaseStore(Store):
         self.batch_delay = batch_delay
         self.history = MemoryStore(history_size, counts=False)
         self._engine: sa.Engine | None = None
-        # Driver SQL by (dialect, paramstyle, statement): see _execute.
+        # Statements by name, and their driver SQL by (dialect, paramstyle, name):
+        # see _execute.
+        self._statements: dict[tuple[str, str], sa.Insert | sa.Update] = {}
         self._compiled: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
         self._tables_ok: weakref.WeakKeyDictionary[sa.Engine, bool] = (
             weakref.WeakKeyDictionary()
@@ -293,17 +296,17 @@ class DatabaseStore(Store):
     ) -> None:
         """INSERT ``rows`` (all with the same keys) into ``table``."""
         if rows:
-            self._execute(connection, ("insert", table.name), table.insert(), rows)
+            self._execute(connection, ("insert", table.name), table.insert, rows)
 
     def _execute(
         self,
         connection: sa.Connection,
         name: tuple[str, str],
-        stmt: sa.Insert | sa.Update,
+        build: Callable[[], sa.Insert | sa.Update],
         rows: list[dict[str, Any]],
     ) -> None:
-        """Run ``stmt`` for ``rows``, compiled once per dialect, on the driver's
-        own cursor.
+        """Run the statement ``name`` (made by ``build`` the first time) for
+        ``rows``, compiled once per dialect, on the driver's own cursor.
 
         The outbox INSERTs run in every registration's transaction, where each
         microsecond is measured (``make bench``): SQLAlchemy's per-statement
@@ -315,6 +318,9 @@ class DatabaseStore(Store):
         through SQLAlchemy as usual. Either way an error is SQLAlchemy's
         ``DBAPIError`` without parameters: the payload is personal data.
         """
+        stmt = self._statements.get(name)
+        if stmt is None:
+            stmt = self._statements[name] = build()
         if _watched(connection):
             try:
                 connection.execute(stmt, rows)
@@ -652,23 +658,25 @@ class DatabaseStore(Store):
         d = self.t.deliveries
         now = time.time()
 
-        stmt = (
-            sa.update(d)
-            .where(
-                d.c.event_id == sa.bindparam("b_event"),
-                d.c.hook == sa.bindparam("b_hook"),
-                d.c.claim == sa.bindparam("b_claim"),
+        def build() -> sa.Update:
+            return (
+                sa.update(d)
+                .where(
+                    d.c.event_id == sa.bindparam("b_event"),
+                    d.c.hook == sa.bindparam("b_hook"),
+                    d.c.claim == sa.bindparam("b_claim"),
+                )
+                .values(
+                    status=sa.bindparam("b_status"),
+                    locked_until=sa.null(),
+                    next_attempt_at=sa.bindparam("b_next"),
+                    duration=sa.bindparam("b_duration"),
+                    error_class=sa.bindparam("b_error_class"),
+                    error=sa.bindparam("b_error"),
+                    updated_at=sa.bindparam("b_updated"),
+                )
             )
-            .values(
-                status=sa.bindparam("b_status"),
-                locked_until=sa.null(),
-                next_attempt_at=sa.bindparam("b_next"),
-                duration=sa.bindparam("b_duration"),
-                error_class=sa.bindparam("b_error_class"),
-                error=sa.bindparam("b_error"),
-                updated_at=sa.bindparam("b_updated"),
-            )
-        )
+
         rows = [
             {
                 "b_event": o.event_id,
@@ -684,7 +692,7 @@ class DatabaseStore(Store):
             for o in outcomes
         ]
         with self.engine.begin() as conn:
-            self._execute(conn, ("outcome", d.name), stmt, rows)
+            self._execute(conn, ("outcome", d.name), build, rows)
 
     # -- query API ---------------------------------------------------------
 
