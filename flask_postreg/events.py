@@ -91,8 +91,24 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+#: Value types that need no conversion or copy (``type(v) in``: exact types,
+#: so an ``Enum`` subclassing ``str`` still goes through :func:`jsonable`).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _flat(data: dict[str, Any]) -> bool:
+    """Only text keys and scalar values: the usual ``user_metadata``."""
+    scalars = _SCALARS
+    for key, value in data.items():
+        if type(key) is not str or type(value) not in scalars:
+            return False
+    return True
+
+
 def freeze(value: Any) -> Any:
     """Deep, JSON-safe, immutable copy: mappings become FrozenDict, lists tuples."""
+    if type(value) is dict and _flat(value):  # the common case, without recursion
+        return FrozenDict(value)
     value = jsonable(value)
     if isinstance(value, dict):
         return FrozenDict({k: freeze(v) for k, v in value.items()})
@@ -104,7 +120,8 @@ def freeze(value: Any) -> Any:
 def _is_frozen(value: Any) -> bool:
     """True when ``value`` holds only immutable JSON-safe data (no copy needed)."""
     if isinstance(value, FrozenDict):
-        return all(_is_frozen(v) for v in value.values())
+        data = value._data
+        return _flat(data) or all(_is_frozen(v) for v in data.values())
     if isinstance(value, tuple):
         return all(_is_frozen(v) for v in value)
     return value is None or isinstance(value, (bool, int, float, str))
@@ -112,6 +129,8 @@ def _is_frozen(value: Any) -> bool:
 
 def thaw(value: Any) -> Any:
     """The inverse of :func:`freeze`: plain dicts and lists for ``json.dumps``."""
+    if type(value) is FrozenDict and _flat(value._data):
+        return dict(value._data)
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -121,7 +140,7 @@ def thaw(value: Any) -> Any:
 
 #: One encoder for every stored payload (``json.dumps`` with options builds one
 #: per call, on every registration).
-_PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+_PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def new_event_id() -> str:
@@ -276,14 +295,19 @@ class Context:
 
     def to_dict(self) -> dict[str, Any]:
         """Auth0's ``requestLanguage`` and ``connection`` plus extras; no secrets."""
+        data = self._snapshot()
+        data["eventId"] = self.event_id
+        data["attempt"] = self.attempt
+        data["createdAt"] = self.created_at.isoformat()
+        return data
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What an outbox row stores: all but the id, time and attempt (columns)."""
         return {
             "requestLanguage": self.request_language,
             "connection": self.connection.to_dict(),
             "tenant": self.tenant,
             "request": None if self.request is None else self.request.to_dict(),
-            "eventId": self.event_id,
-            "attempt": self.attempt,
-            "createdAt": self.created_at.isoformat(),
         }
 
     @classmethod
@@ -336,6 +360,29 @@ class Event:
 
     def to_json(self) -> str:
         return _PAYLOAD_JSON.encode(self.to_dict())
+
+    def stored_json(self) -> str:
+        """The outbox row's ``payload``: :meth:`to_json` less what the row's own
+        columns hold (``eventId``, ``createdAt``) or each attempt sets
+        (``attempt``): fewer bytes written in the registration's transaction."""
+        return _PAYLOAD_JSON.encode(
+            {"user": self.user.to_dict(), "context": self.context._snapshot()}
+        )
+
+    @classmethod
+    def from_stored(
+        cls, payload: str | bytes, event_id: str, created_at: float
+    ) -> Event:
+        """Read back a :meth:`stored_json` payload (or a whole body) of a row."""
+        data = json.loads(payload)
+        context = data.get("context") if isinstance(data, dict) else None
+        if isinstance(context, dict):
+            context.setdefault("eventId", event_id)
+            context.setdefault(
+                "createdAt",
+                _dt.datetime.fromtimestamp(created_at, _dt.timezone.utc).isoformat(),
+            )
+        return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:

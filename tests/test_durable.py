@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import datetime as dt
 import itertools
+import json
 import logging
 import os
 import pathlib
@@ -309,6 +310,38 @@ def test_next_attempt_from_jittered_schedule_and_restart_runs_it(
     wait_for(lambda: row(other, d.id).status == "succeeded", 20, "the retry ran")
     assert ran == [2] and row(other, d.id).attempts == 2
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@both
+def test_poller_rebuilds_the_event_the_registration_stored(make_app, db_url):
+    """The row keeps the event's id and time in its own columns, not a second
+    time in the payload; a poller in another process rebuilds the very user and
+    context the registration captured."""
+    from flask_postreg.testing import record_events
+
+    app, postreg = make_app(POSTREG_RUN_IN_WEB=False)
+    postreg.hook(lambda u, c: None, name="seen")
+    with record_events(app, run_hooks=True) as captured:
+        register(app, "ann@example.com", user_metadata={"plan": "pro", "n": [1]})
+    (event,) = captured
+    (stored,) = events(app)
+    body = json.loads(stored["payload"])
+    assert not {"eventId", "createdAt", "attempt"} & set(body["context"])
+
+    seen = []
+    other, other_postreg = make_app(url=db_url, POSTREG_POLL_INTERVAL=0.05)
+    other_postreg.hook(lambda u, c: seen.append((u, c)), name="seen")
+    other_postreg.start(other)
+    wait_for(lambda: seen, 20, "the poller ran the hook")
+    assert other_postreg.shutdown(5)
+    user, context = seen[0]
+    assert user == event.user
+    assert user.user_metadata == {"plan": "pro", "n": (1,)}
+    assert context.event_id == event.id == stored["id"]
+    assert context.created_at == event.context.created_at
+    assert context.created_at.tzinfo is not None
+    assert context.attempt == 1
+    assert context.to_dict() == event.context.to_dict()
 
 
 def test_retry_schedule_jitter_bounds_in_rows():

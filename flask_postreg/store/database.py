@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import logging
 import os
 import threading
@@ -251,8 +250,8 @@ class DatabaseStore(Store):
                 {
                     "id": event.id,
                     "user_id": event.user.id,
-                    "payload": event.to_json(),
-                    "created_at": now,
+                    "payload": event.stored_json(),
+                    "created_at": event.context.created_at.timestamp(),
                     "run_id": run_id,
                 }
             )
@@ -567,11 +566,13 @@ class DatabaseStore(Store):
         if not ids:
             return {}
         e = self.t.events
-        rows = conn.execute(sa.select(e.c.id, e.c.payload).where(e.c.id.in_(ids)))
+        rows = conn.execute(
+            sa.select(e.c.id, e.c.payload, e.c.created_at).where(e.c.id.in_(ids))
+        )
         events = {}
         for row in rows:
             try:
-                events[row.id] = Event.from_dict(json.loads(row.payload))
+                events[row.id] = Event.from_stored(row.payload, row.id, row.created_at)
             except (ValueError, TypeError) as exc:
                 logger.error(
                     "flask-postreg: event %s has an unreadable payload (%s)",
