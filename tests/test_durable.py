@@ -675,6 +675,39 @@ def test_claim_due_takes_at_most_limit(make_app):
     assert s.claim_due(state.hooks(), 20) == []
 
 
+def test_poller_query_uses_the_partial_due_index(make_app):
+    """SQLite uses a partial index only for a query that spells its condition the
+    same way (literals, not bound values); otherwise every poll scans the table."""
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="h")
+    state = app.extensions["postreg"]
+    s = store(app)
+    with s.engine.begin() as conn:
+        written = s.write(conn, [make_event(i) for i in range(3)], state.hooks())
+    s.release([d.row_id for d in written])
+    seen = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE"):
+            seen.append((statement, parameters))
+
+    sa.event.listen(s.engine, "before_cursor_execute", grab)
+    try:
+        assert len(s.claim_due(state.hooks(), 10)) == 3
+    finally:
+        sa.event.remove(s.engine, "before_cursor_execute", grab)
+    ((statement, parameters),) = seen
+    with s.engine.connect() as conn:
+        plan = [
+            row[-1]
+            for row in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + statement, parameters
+            )
+        ]
+    assert any("ix_postreg_deliveries_due" in step for step in plan), plan
+    assert not any(step.startswith("SCAN postreg_deliveries") for step in plan), plan
+
+
 @both
 def test_poller_hands_back_what_the_queue_refuses(make_app):
     """A claim the backend cannot queue is released at once, its attempt given

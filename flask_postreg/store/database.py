@@ -42,6 +42,7 @@ from .base import DeliveryRecord
 from .base import Store
 from .base import to_datetime
 from .memory import MemoryStore
+from .tables import OPEN_STATUSES
 from .tables import Tables
 
 if TYPE_CHECKING:
@@ -510,7 +511,7 @@ class DatabaseStore(Store):
         # Pending and due, or running with an ended lease (a dead process):
         # a running row's next_attempt_at is its lease end.
         due = sa.and_(
-            d.c.status.in_([PENDING, RUNNING]),
+            sa.text(OPEN_STATUSES),
             d.c.next_attempt_at <= now,
             d.c.hook.in_(list(by_name)),
         )

@@ -21,6 +21,10 @@ EVENTS = "postreg_events"
 DELIVERIES = "postreg_deliveries"
 HOOK_SETTINGS = "postreg_hook_settings"
 
+#: The rows the poller may claim; its query spells this condition the same way
+#: (as literals: SQLite uses a partial index only for a matching condition).
+OPEN_STATUSES = "status IN ('pending', 'running')"
+
 
 @dataclasses.dataclass(frozen=True)
 class Tables:
@@ -86,7 +90,15 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             sa.Column("error", sa.Text, nullable=True),
             # The poller's one query: pending and due, or running with its lease
             # ended (a running row's next_attempt_at is its lease end).
-            sa.Index("ix_postreg_deliveries_due", "status", "next_attempt_at"),
+            # Partial: finished rows (almost all of them) leave it, so it stays
+            # small and recording an outcome only deletes an entry.
+            sa.Index(
+                "ix_postreg_deliveries_due",
+                "status",
+                "next_attempt_at",
+                sqlite_where=sa.text(OPEN_STATUSES),
+                postgresql_where=sa.text(OPEN_STATUSES),
+            ),
             sqlite_with_rowid=False,
         )
     if HOOK_SETTINGS not in metadata.tables:
