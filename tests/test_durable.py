@@ -412,7 +412,7 @@ def test_tables_of_an_older_layout_say_what_to_run(make_app, caplog):
 
 
 @both
-@pytest.mark.parametrize("watched", [False, True], ids=["driver", "listened"])
+@pytest.mark.parametrize("watched", [None, "before_cursor_execute", "handle_error"])
 def test_outbox_insert_failing_fails_the_commit_with_a_sqlalchemy_error(
     make_app, watched
 ):
@@ -420,7 +420,8 @@ def test_outbox_insert_failing_fails_the_commit_with_a_sqlalchemy_error(
     the registration's flush. The commit raises SQLAlchemy's error (not the
     driver's), without the payload in its message, and commits nothing; also
     when a statement listener (query recording, tracing) routes it through
-    SQLAlchemy."""
+    SQLAlchemy, and an error listener (error reporting, exception rewriting)
+    sees it."""
     app, postreg = make_app()
     postreg.hook(lambda u, c: None, name="h")
     register(app, "ann@example.com")  # tables checked (present) and cached
@@ -430,12 +431,14 @@ def test_outbox_insert_failing_fails_the_commit_with_a_sqlalchemy_error(
         engine = db.engine
         t.deliveries.drop(engine)
         t.events.drop(engine)
+    errors = []
 
     def listener(*args):
-        pass
+        if watched == "handle_error":
+            errors.append(args[0].statement)
 
     if watched:
-        sa.event.listen(engine, "before_cursor_execute", listener)
+        sa.event.listen(engine, watched, listener)
     try:
         with app.app_context():
             db.session.add(Account(email="bob@example.com"))
@@ -445,10 +448,14 @@ def test_outbox_insert_failing_fails_the_commit_with_a_sqlalchemy_error(
             emails = db.session.scalars(sa.select(Account.email)).all()
     finally:
         if watched:
-            sa.event.remove(engine, "before_cursor_execute", listener)
+            sa.event.remove(engine, watched, listener)
     assert "postreg_events" in str(raised.value)
     assert "bob@example.com" not in str(raised.value)
     assert emails == ["ann@example.com"]
+    if watched == "handle_error":
+        assert [s.split("(")[0].strip() for s in errors] == [
+            "INSERT INTO postreg_events"
+        ]
 
 
 @both

@@ -64,13 +64,14 @@ def delivery_id(event_id: str, hook: str) -> str:
 
 
 def _watched(connection: sa.Connection) -> bool:
-    """Does anything observe or rewrite this connection's statements?"""
+    """Does anything observe or rewrite this connection's statements or errors?"""
     dispatch = connection.dispatch
     return bool(
         dispatch.before_execute
         or dispatch.after_execute
         or dispatch.before_cursor_execute
         or dispatch.after_cursor_execute
+        or connection.dialect.dispatch.handle_error
         or connection.engine.logger.isEnabledFor(logging.INFO)
         or connection.get_execution_options().get("schema_translate_map")
     )
@@ -314,8 +315,8 @@ class DatabaseStore(Store):
         work for these rows; the outcome writer holds the database lock shorter.
         When anything watches or rewrites the connection's statements (execute
         and cursor listeners, as Flask-SQLAlchemy's query recording and tracing
-        libraries add, SQL logging, a ``schema_translate_map``) the statement goes
-        through SQLAlchemy as usual. Either way an error is SQLAlchemy's
+        libraries add, ``handle_error`` listeners, SQL logging, a
+        ``schema_translate_map``) the statement goes through SQLAlchemy as usual. Either way an error is SQLAlchemy's
         ``DBAPIError`` without parameters: the payload is personal data.
         """
         stmt = self._statements.get(name)
