@@ -91,7 +91,7 @@ def _raw_loop(path: str, n: int, *, outbox: bool) -> float:
                     user_metadata={"plan": "free"},
                 )
                 context = Context(event_id=event_id, tenant="bench")
-                payload = Event(id=event_id, user=user, context=context).to_json()
+                payload = Event(id=event_id, user=user, context=context).stored_json()
                 conn.execute(EVENT_SQL, (event_id, user.id, payload, now, None))
                 lease = now + 80.0
                 conn.execute(
