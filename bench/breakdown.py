@@ -12,6 +12,10 @@ no-op hook, rounds interleaved, median of per-round ratios):
   delivery rows on a file with the same tables. The difference is what SQLite
   itself needs for those rows on this disk; it is printed as a share of the ORM
   baseline's commit, the part of the ratio no code of ours can remove.
+- *WAL*: the whole database store (hooks run) against the bare loop, both on
+  files in ``journal_mode=WAL``. A commit there writes each page once, so the
+  outbox rows cost little disk time, and the baseline commit is faster: what is
+  left is mostly our Python, weighed against a smaller commit.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .common import median
 from .common import paired_ratios
 from .common import ratio_text
 from .common import spread
+from .common import use_wal
 
 NAME = "breakdown"
 
@@ -122,22 +127,42 @@ def run(run: Run) -> None:
     raw_user = make_app(settings, "breakdown-raw-user")
     raw_outbox, _ = database_store_app(settings, "breakdown-raw-outbox")
     assert raw_outbox is not None
+    wal_baseline = use_wal(make_app(settings, "breakdown-wal-baseline"))
+    wal, _ = database_store_app(
+        settings,
+        "breakdown-wal-database",
+        postreg={"MAX_QUEUE": 100_000},
+        hooks=[noop_hook],
+    )
+    assert wal is not None and wal.postreg is not None
+    use_wal(wal)
+    wal_postreg = wal.postreg
+
+    def wal_loop() -> float:
+        seconds = commit_loop(wal, n)
+        wal_postreg.join(timeout=120)  # untimed, as in ``overhead``
+        return seconds
+
     try:
         commit_loop(baseline, 50)
         commit_loop(written, 50)
         _raw_loop(raw_user.path, 50, outbox=False)
         _raw_loop(raw_outbox.path, 50, outbox=True)
+        commit_loop(wal_baseline, 50)
+        commit_loop(wal, 50)
         results = interleave(
             {
                 "baseline": lambda: commit_loop(baseline, n),
                 "written": lambda: commit_loop(written, n),
                 "raw user": lambda: _raw_loop(raw_user.path, n, outbox=False),
                 "raw outbox": lambda: _raw_loop(raw_outbox.path, n, outbox=True),
+                "wal baseline": lambda: commit_loop(wal_baseline, n),
+                "wal": wal_loop,
             },
             rounds,
         )
     finally:
-        for bench in (baseline, written, raw_user, raw_outbox):
+        for bench in (baseline, written, raw_user, raw_outbox, wal_baseline, wal):
             close(bench)
     base = results["baseline"]
     write_only = paired_ratios(results["written"], base)
@@ -163,4 +188,13 @@ def run(run: Run) -> None:
         None,
         f"raw commit {raw_ms:.2f} -> {outbox_ms:.2f} ms, ORM baseline"
         f" {median(base) / n * 1e3:.2f} ms, spread {spread(added)}",
+    )
+    wal_ratio = paired_ratios(results["wal"], results["wal baseline"])
+    report.figure(
+        "database store on WAL-mode files (journal_mode=WAL), commit loop only",
+        ratio_text(median(wal_ratio)),
+        "breakdown",
+        None,
+        f"baseline {median(results['wal baseline']) / n * 1e3:.2f} ms/commit,"
+        f" spread {spread(wal_ratio)}",
     )

@@ -14,6 +14,7 @@ import datetime as dt
 import itertools
 import logging
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -160,6 +161,18 @@ def database_store_app(
         close(bench)
         return None, reason
     return bench, ""
+
+
+def use_wal(bench: BenchApp) -> BenchApp:
+    """Switch the app's SQLite file to write-ahead logging (the mode is kept in
+    the file; the engine reconnects)."""
+    with contextlib.closing(sqlite3.connect(bench.path)) as conn:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":
+        raise RuntimeError(f"{bench.path}: journal_mode is {mode}, not wal")
+    with bench.app.app_context():
+        bench.db.engine.dispose()
+    return bench
 
 
 def close(bench: BenchApp, timeout: float = 10.0) -> None:
