@@ -80,8 +80,9 @@ def test_flask_migrate_creates_the_outbox_and_then_sees_no_change(
             ddl = {name: sql for name, sql in rows}
             assert ddl["postreg_events"].rstrip().endswith("WITHOUT ROWID")
             assert ddl["postreg_deliveries"].rstrip().endswith("WITHOUT ROWID")
-            assert "WHERE status IN ('pending', 'running')" in (
-                ddl["ix_postreg_deliveries_due"]
+            assert (
+                "WHERE status IN ('pending', 'running')"
+                in (ddl["ix_postreg_deliveries_due"])
             )
 
     postreg.hook(lambda u, c: None, name="noop")
