@@ -7,7 +7,8 @@ to the outbox in one transaction per batch: events tagged with the run id,
 deliveries pending and due now, for the poller of a running app or
 ``flask postreg worker``. A user who already has an event with the same run id is
 skipped, so re-running an interrupted replay with its ``--run-id`` finishes it
-without duplicates.
+without duplicates; two replays of one run at once cannot both write a user's
+event (a unique index), the later one reads the batch again and skips it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class ReplayResult:
         data["hooks"] = list(self.hooks)
         data["deliveries"] = self.deliveries
         return data
+
+
+#: Times a batch is read again after another replay of the same run wrote
+#: some of its users' events first.
+CONFLICT_RETRIES = 5
 
 
 def new_run_id() -> str:
@@ -156,18 +162,26 @@ def replay(
         events = [state.snapshot(instance) for instance in instances]
         session.rollback()  # end the read; writes go through their own transaction
         ids = [ev.user.id for ev in events if ev.user.id is not None]
-        with store.engine.begin() as conn:
-            done = {
-                row.user_id
-                for row in conn.execute(
-                    sa.select(e.c.user_id).where(
-                        e.c.run_id == run_id, e.c.user_id.in_(ids)
-                    )
-                )
-            }
-            fresh = [ev for ev in events if ev.user.id not in done]
-            if fresh and not dry_run:
-                store.write(conn, fresh, hooks, run_id=run_id, leased=False)
+        for attempt in range(1, CONFLICT_RETRIES + 1):
+            try:
+                with store.engine.begin() as conn:
+                    done = {
+                        row.user_id
+                        for row in conn.execute(
+                            sa.select(e.c.user_id).where(
+                                e.c.run_id == run_id, e.c.user_id.in_(ids)
+                            )
+                        )
+                    }
+                    fresh = [ev for ev in events if ev.user.id not in done]
+                    if fresh and not dry_run:
+                        store.write(conn, fresh, hooks, run_id=run_id, leased=False)
+                break
+            except sa.exc.IntegrityError:
+                # Another replay of this run wrote some of these users' events
+                # since we looked (the unique run_id + user_id index): look again.
+                if attempt == CONFLICT_RETRIES:
+                    raise
         users += len(events)
         created += len(fresh)
         skipped += len(events) - len(fresh)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -13,6 +14,8 @@ from example_app import db
 from example_app import postreg
 from example_app.models import User
 from flask_postreg.testing import record_events
+
+from .conftest import BOTH_DATABASES
 
 
 @pytest.fixture
@@ -134,3 +137,70 @@ def test_replay_errors(app):
     result = invoke(app, "replay", "--since", "1d")
     assert result.exit_code == 1 and "no enabled hook" in result.output
     assert invoke(app, "replay", "--since", "soon").exit_code == 2
+
+
+@pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)
+def test_two_replays_of_one_run_at_once_write_each_event_once(db_url):
+    """Both read "nothing done yet" before either writes (held at a barrier):
+    the unique run index stops the second writer, which reads again and skips."""
+    from flask_postreg.replay import replay
+
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": db_url,
+            "POSTREG_CONSOLE": True,
+            "POSTREG_SLACK_WEBHOOK_URL": None,
+            "POSTREG_WEBHOOKS": [],
+        }
+    )
+    state = app.extensions["postreg"]
+    with record_events(app), app.app_context():
+        for i in range(5):
+            db.session.add(
+                User(username=f"u{i}", email=f"u{i}@example.com", password_hash="x")
+            )
+        db.session.commit()
+        engine = db.engine
+    barrier = threading.Barrier(2, timeout=20)
+    local = threading.local()
+
+    def hold(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO postreg_events") and not getattr(
+            local, "held", False
+        ):
+            local.held = True
+            barrier.wait()
+
+    results = {}
+
+    def run(name):
+        try:
+            with app.app_context():
+                results[name] = replay(
+                    state,
+                    since=dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc),
+                    run_id="same",
+                )
+        except Exception as exc:  # reported by the assertion below
+            results[name] = exc
+
+    sa.event.listen(engine, "before_cursor_execute", hold)
+    try:
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", hold)
+        postreg.shutdown(5)
+    try:
+        assert not [r for r in results.values() if isinstance(r, Exception)], results
+        assert sorted(r.created for r in results.values()) == [0, 5], results
+        users, deliveries = rows(app, "same")
+        assert sorted(users) == sorted(set(users)) and len(users) == 5
+        assert len(deliveries) == 5
+    finally:
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()

@@ -50,9 +50,12 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             sa.Column("created_at", sa.Float, nullable=False),
             sa.Column("run_id", sa.String(64), nullable=True, comment="replay run"),
             # Only replays set run_id: a partial index costs registrations nothing.
+            # Unique: two replays of one run cannot both write a user's event.
             sa.Index(
                 "ix_postreg_events_run_id",
                 "run_id",
+                "user_id",
+                unique=True,
                 sqlite_where=sa.text("run_id IS NOT NULL"),
                 postgresql_where=sa.text("run_id IS NOT NULL"),
             ),
