@@ -91,8 +91,8 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-#: Value types that need no conversion or copy (``type(v) in``: exact types,
-#: so an ``Enum`` subclassing ``str`` still goes through :func:`jsonable`).
+#: Value types that need no conversion or copy (exact types: subclasses take
+#: the general path of :func:`freeze`).
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -373,16 +373,19 @@ class Event:
     def from_stored(
         cls, payload: str | bytes, event_id: str, created_at: float
     ) -> Event:
-        """Read back a :meth:`stored_json` payload (or a whole body) of a row."""
+        """Read back a row: its :meth:`stored_json` payload (or, in rows written by
+        earlier versions, a whole body), with the id and time of its columns."""
         data = json.loads(payload)
-        context = data.get("context") if isinstance(data, dict) else None
-        if isinstance(context, dict):
-            context.setdefault("eventId", event_id)
-            context.setdefault(
-                "createdAt",
-                _dt.datetime.fromtimestamp(created_at, _dt.timezone.utc).isoformat(),
-            )
-        return cls.from_dict(data)
+        if not isinstance(data, dict):
+            raise ValueError("the stored payload is not a JSON object")
+        context = data.get("context")
+        context = dict(context) if isinstance(context, dict) else {}
+        context["eventId"] = event_id  # the row's key is the idempotency key
+        context.setdefault(
+            "createdAt",
+            _dt.datetime.fromtimestamp(created_at, _dt.timezone.utc).isoformat(),
+        )
+        return cls.from_dict({**data, "context": context})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:

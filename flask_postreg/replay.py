@@ -8,13 +8,15 @@ deliveries pending and due now, for the poller of a running app or
 ``flask postreg worker``. A user who already has an event with the same run id is
 skipped, so re-running an interrupted replay with its ``--run-id`` finishes it
 without duplicates; two replays of one run at once cannot both write a user's
-event (a unique index), the later one reads the batch again and skips it.
+event (a unique index), the later one reads the batch again and skips it. Users
+whose ``id`` field is empty cannot be told apart and are written each time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import time
 import uuid
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -58,6 +60,10 @@ class ReplayResult:
 #: Times a batch is read again after another replay of the same run wrote
 #: some of its users' events first.
 CONFLICT_RETRIES = 5
+
+
+def _sqlite_busy(engine: sa.Engine, exc: sa.exc.OperationalError) -> bool:
+    return engine.dialect.name == "sqlite" and "locked" in str(exc.orig)
 
 
 def new_run_id() -> str:
@@ -182,6 +188,13 @@ def replay(
                 # since we looked (the unique run_id + user_id index): look again.
                 if attempt == CONFLICT_RETRIES:
                     raise
+            except sa.exc.OperationalError as exc:
+                # SQLite in a transaction begun before the read (an explicit
+                # BEGIN): two writers deadlock and SQLite fails one at once
+                # ("database is locked"). Its rollback lets the other commit.
+                if not _sqlite_busy(store.engine, exc) or attempt == CONFLICT_RETRIES:
+                    raise
+                time.sleep(0.05 * attempt)
         users += len(events)
         created += len(fresh)
         skipped += len(events) - len(fresh)

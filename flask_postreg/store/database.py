@@ -63,6 +63,13 @@ def delivery_id(event_id: str, hook: str) -> str:
     return f"{event_id}:{hook}"
 
 
+def _epoch(when: _dt.datetime) -> float:
+    """Epoch seconds; a naive time (an event built by hand) is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.timestamp()
+
+
 def _watched(connection: sa.Connection) -> bool:
     """Does anything observe or rewrite this connection's statements or errors?"""
     dispatch = connection.dispatch
@@ -253,7 +260,7 @@ class DatabaseStore(Store):
                     "id": event.id,
                     "user_id": event.user.id,
                     "payload": event.stored_json(),
-                    "created_at": event.context.created_at.timestamp(),
+                    "created_at": _epoch(event.context.created_at),
                     "run_id": run_id,
                 }
             )
@@ -316,8 +323,9 @@ class DatabaseStore(Store):
         When anything watches or rewrites the connection's statements (execute
         and cursor listeners, as Flask-SQLAlchemy's query recording and tracing
         libraries add, ``handle_error`` listeners, SQL logging, a
-        ``schema_translate_map``) the statement goes through SQLAlchemy as usual. Either way an error is SQLAlchemy's
-        ``DBAPIError`` without parameters: the payload is personal data.
+        ``schema_translate_map``) the statement goes through SQLAlchemy as usual.
+        Either way an error is SQLAlchemy's ``DBAPIError`` without parameters:
+        the payload is personal data.
         """
         stmt = self._statements.get(name)
         if stmt is None:

@@ -17,13 +17,16 @@ import dataclasses
 
 import sqlalchemy as sa
 
+from ..dispatch import PENDING
+from ..dispatch import RUNNING
+
 EVENTS = "postreg_events"
 DELIVERIES = "postreg_deliveries"
 HOOK_SETTINGS = "postreg_hook_settings"
 
 #: The rows the poller may claim; its query spells this condition the same way
 #: (as literals: SQLite uses a partial index only for a matching condition).
-OPEN_STATUSES = "status IN ('pending', 'running')"
+OPEN_STATUSES = f"status IN ('{PENDING}', '{RUNNING}')"
 
 
 @dataclasses.dataclass(frozen=True)
