@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from . import config as _config
 from .store.database import DatabaseStore
+from .store.database import index_problems
 from .store.database import table_problems
 
 if TYPE_CHECKING:
@@ -67,10 +68,10 @@ def _store(state: _State) -> list[Check]:
     url = store.engine.url.render_as_string(hide_password=True)
     try:
         with store.engine.connect() as conn:
-            missing, stale = table_problems(
-                sa.inspect(conn),
-                (store.t.events, store.t.deliveries, store.t.hook_settings),
-            )
+            inspector = sa.inspect(conn)
+            tables = (store.t.events, store.t.deliveries, store.t.hook_settings)
+            missing, stale = table_problems(inspector, tables)
+            indexes = [] if missing or stale else index_problems(inspector, tables)
     except Exception as exc:
         return [
             Check("store", "database", False, f"{url}: {type(exc).__name__}: {exc}")
@@ -97,7 +98,19 @@ def _store(state: _State) -> list[Check]:
                 " recreate them with db.create_all()",
             )
         ]
-    return [Check("store", "tables", True, f"postreg_* tables present in {url}")]
+    found = [Check("store", "tables", True, f"postreg_* tables present in {url}")]
+    if indexes:
+        found.append(
+            Check(
+                "store",
+                "indexes",
+                True,
+                f"{'; '.join(indexes)}, in {url}: made by an earlier version?"
+                " Recreate them (a migration, or drop them and run db.create_all())",
+                warning=True,
+            )
+        )
+    return found
 
 
 def _hooks(state: _State) -> list[Check]:

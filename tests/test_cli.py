@@ -315,6 +315,27 @@ def test_check_tables_of_an_older_layout_exit_1(app, postreg, recorder):
     assert "flask db upgrade" in result.output
 
 
+def test_check_warns_of_an_index_of_an_earlier_layout(app, postreg, recorder):
+    """The replay index as an earlier version made it (not unique, one column):
+    the tables work, so no failure, but the warning says what to recreate."""
+    with app.app_context():
+        db.session.execute(sa.text("DROP INDEX ix_postreg_events_run_id"))
+        db.session.execute(
+            sa.text("CREATE INDEX ix_postreg_events_run_id ON postreg_events (run_id)")
+        )
+        db.session.commit()
+    result = invoke(app, "check")
+    assert result.exit_code == 0, result.output
+    assert "ix_postreg_events_run_id is not unique (run_id, user_id)" in result.output
+    data = json.loads(invoke(app, "check", "--json").output)
+    (warned,) = [c for c in data["checks"] if c["name"] == "indexes"]
+    assert warned["warning"] is True and "Recreate" in warned["detail"]
+    with app.app_context():
+        db.session.execute(sa.text("DROP INDEX ix_postreg_events_run_id"))
+        db.session.commit()
+    assert "ix_postreg_events_run_id is missing" in invoke(app, "check").output
+
+
 def test_check_ping_exit_2_when_an_endpoint_is_down(make_app):
     port = closed_port()
     with socket.socket() as listener:

@@ -107,6 +107,29 @@ def table_problems(
     return missing, stale
 
 
+def index_problems(inspector: Any, tables: Iterable[sa.Table]) -> list[str]:
+    """Indexes of ``tables`` missing, or on other columns or uniqueness than this
+    version declares (made by an earlier version): rows are still written, but
+    a guarantee or a speed-up the index gives is missing."""
+    problems = []
+    for table in tables:
+        found = {
+            ix["name"]: ix
+            for ix in inspector.get_indexes(table.name, schema=table.schema)
+        }
+        for index in table.indexes:
+            columns = [c.name for c in index.columns]
+            have = found.get(index.name)
+            if have is None:
+                problems.append(f"{index.name} is missing")
+            elif list(have["column_names"]) != columns or bool(have["unique"]) != bool(
+                index.unique
+            ):
+                unique = "unique " if index.unique else ""
+                problems.append(f"{index.name} is not {unique}({', '.join(columns)})")
+    return problems
+
+
 def _keys(ids: Iterable[str]) -> list[dict[str, Any]]:
     """``b_event``/``b_hook`` parameters for delivery ids; others are ignored."""
     keys = (split_delivery_id(i) for i in ids)
