@@ -77,6 +77,20 @@ def make_event(i: int) -> Event:
     return Event(id=event_id, user=user, context=Context(event_id=event_id))
 
 
+def due_deliveries(make_app, n, hook="h"):
+    """An app with one no-op ``hook`` and ``n`` deliveries of it written straight
+    to the outbox, pending and due now for any process's poller."""
+    app, postreg = make_app()
+    postreg.hook(lambda user, context: None, name=hook)
+    state = app.extensions["postreg"]
+    hooks = [h for h in state.hooks() if h.name == hook]
+    s = store(app)
+    with s.engine.begin() as conn:
+        written = s.write(conn, [make_event(i) for i in range(n)], hooks)
+    s.release([d.row_id for d in written])
+    return app, state, s
+
+
 def spawn(tmp_path, *args):
     """``python -m tests.workers ARGS`` with its output in a file (no pipe to fill)."""
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -181,14 +195,7 @@ def test_crash_recovery_runs_every_committed_hook(make_app, db_url, tmp_path, ca
 def test_competing_workers_never_overlap_nor_lose(make_app, db_url, tmp_path, capsys):
     """4 processes drain 2,000 deliveries: no delivery runs twice at once, none lost."""
     n = 2000
-    app, postreg = make_app()
-    postreg.hook(lambda user, context: None, name="record")
-    state = app.extensions["postreg"]
-    hooks = [h for h in state.hooks() if h.name == "record"]
-    s = store(app)
-    with s.engine.begin() as conn:
-        written = s.write(conn, [make_event(i) for i in range(n)], hooks)
-    s.release([d.row_id for d in written])  # due now, for any process's poller
+    app, _state, _store = due_deliveries(make_app, n, hook="record")
 
     go = tmp_path / "go"
     logs = [tmp_path / f"runs-{i}.txt" for i in range(4)]
@@ -705,13 +712,7 @@ def test_database_history_keeps_no_count_of_retries_taken_elsewhere(make_app):
 @both
 def test_claim_due_takes_at_most_limit(make_app):
     """PostgreSQL once claimed every due row per poll (a rescanned LIMIT subquery)."""
-    app, postreg = make_app()
-    postreg.hook(lambda u, c: None, name="h")
-    state = app.extensions["postreg"]
-    s = store(app)
-    with s.engine.begin() as conn:
-        written = s.write(conn, [make_event(i) for i in range(50)], state.hooks())
-    s.release([d.row_id for d in written])
+    _app, state, s = due_deliveries(make_app, 50)
     first = s.claim_due(state.hooks(), 20)
     second = s.claim_due(state.hooks(), 20)
     third = s.claim_due(state.hooks(), 20)
@@ -724,13 +725,7 @@ def test_claim_due_takes_at_most_limit(make_app):
 def test_poller_query_uses_the_partial_due_index(make_app):
     """SQLite uses a partial index only for a query that spells its condition the
     same way (literals, not bound values); otherwise every poll scans the table."""
-    app, postreg = make_app()
-    postreg.hook(lambda u, c: None, name="h")
-    state = app.extensions["postreg"]
-    s = store(app)
-    with s.engine.begin() as conn:
-        written = s.write(conn, [make_event(i) for i in range(3)], state.hooks())
-    s.release([d.row_id for d in written])
+    _app, state, s = due_deliveries(make_app, 3)
     seen = []
 
     def grab(conn, cursor, statement, parameters, context, executemany):
@@ -758,13 +753,7 @@ def test_poller_query_uses_the_partial_due_index(make_app):
 def test_poller_hands_back_what_the_queue_refuses(make_app):
     """A claim the backend cannot queue is released at once, its attempt given
     back, instead of sitting on its lease (hook timeout + grace) unrun."""
-    app, postreg = make_app()
-    postreg.hook(lambda u, c: None, name="h")
-    state = app.extensions["postreg"]
-    s = store(app)
-    with s.engine.begin() as conn:
-        written = s.write(conn, [make_event(i) for i in range(5)], state.hooks())
-    s.release([d.row_id for d in written])
+    app, state, s = due_deliveries(make_app, 5)
 
     class FullAfterTwo:
         def __init__(self):
