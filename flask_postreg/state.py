@@ -124,6 +124,7 @@ class _State:
         self._overflow_lock = threading.Lock()
         self.settings: dict[str, bool] = {}
         self._settings_at = 0.0
+        self._settings_lock = threading.Lock()
         self._hooks_cache: tuple[Any, list[Hook], list[Hook]] | None = None
         #: False: this process writes outbox rows but leaves them to a worker.
         self.run_here: bool = values["RUN_IN_WEB"]
@@ -165,6 +166,7 @@ class _State:
 
     def _after_fork(self) -> None:
         self._field_lock = threading.Lock()
+        self._settings_lock = threading.Lock()
         self._overflow_lock = threading.Lock()
         self.overflow = []
 
@@ -217,7 +219,10 @@ class _State:
         try:
             if self.store.durable and not self.tables_ready():
                 return
-            self.settings = self.store.hook_settings()
+            # One refresh at a time: the poller's read, older than a switch just
+            # made, must not land after the read that saw the switch.
+            with self._settings_lock:
+                self.settings = self.store.hook_settings()
         except Exception as exc:
             logger.error(
                 "flask-postreg could not read hook settings (%s)", type(exc).__name__
