@@ -501,7 +501,7 @@ def _switch(name: str, enabled: bool) -> None:
     _require_hook(state, name)
     store = _durable(state, "enabling or disabling hooks")
     store.set_enabled(name, enabled)
-    state.settings = {**state.settings, name: enabled}
+    state.refresh_settings()
     what = "enabled" if enabled else "disabled"
     click.echo(
         f"hook {name} {what}; running processes apply it within"

@@ -122,7 +122,8 @@ class _State:
         self.dropped = 0
         self.overflow: list[str] = []
         self._overflow_lock = threading.Lock()
-        self.settings: dict[str, bool] = {}
+        self._settings: dict[str, bool] = {}
+        self._settings_version = 0
         self._settings_at = 0.0
         self._settings_lock = threading.Lock()
         self._hooks_cache: tuple[Any, list[Hook], list[Hook]] | None = None
@@ -210,6 +211,18 @@ class _State:
             taken, self.overflow = self.overflow, []
         return taken
 
+    @property
+    def settings(self) -> dict[str, bool]:
+        """Run-time enable/disable switches by hook name (``flask postreg
+        enable/disable``), as last read from the store."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: dict[str, bool]) -> None:
+        # A version, not id(): a new dict often takes a freed one's address.
+        self._settings = value
+        self._settings_version += 1
+
     def refresh_settings(self, *, force: bool = True) -> None:
         """Reload run-time enable/disable switches from the store."""
         now = time.monotonic()
@@ -292,7 +305,7 @@ class _State:
         key = (
             self.ext._version,
             tuple(self.handler_hooks),
-            id(self.settings),
+            self._settings_version,
             tuple(post_user_registration.receivers),
         )
         cached = self._hooks_cache

@@ -294,6 +294,30 @@ def test_a_stale_settings_read_never_lands_after_a_fresher_one(make_app, monkeyp
     assert state.settings == {"off": True}
 
 
+def test_a_switch_applies_even_in_a_dict_at_a_freed_ones_address(make_app):
+    """The hooks cache was keyed by id(settings), and CPython often gives a new
+    dict the address of one just freed: the fresher switches were then ignored
+    until the next change."""
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="off")
+    state = app.extensions["postreg"]
+
+    def names():
+        return [h.name for h in state.hooks()]
+
+    state.settings = {"off": False}
+    assert names() == []
+    address = id(state.settings)
+    state.settings = {}  # the first dict is freed
+    for _ in range(10_000):
+        fresh = {"off": True}
+        if id(fresh) == address:
+            break
+    assert id(fresh) == address, "no dict came at the freed address"
+    state.settings = fresh
+    assert names() == ["off"]
+
+
 # -- prune --------------------------------------------------------------------------
 
 
