@@ -19,6 +19,18 @@ def to_datetime(ts: float | None) -> _dt.datetime | None:
     return None if ts is None else _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
 
 
+def to_epoch(when: _dt.datetime) -> float:
+    """Epoch seconds; a naive time (an event built by hand) is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.timestamp()
+
+
+def delivery_id(event_id: str, hook: str) -> str:
+    """A delivery's id in every store: its event and hook, as one string."""
+    return f"{event_id}:{hook}"
+
+
 @dataclasses.dataclass(frozen=True)
 class DeliveryRecord:
     """One (event, hook) delivery as the tooling shows it.

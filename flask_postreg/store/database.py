@@ -40,7 +40,9 @@ from ..events import Event
 from ..events import event_id_floor
 from .base import DeliveryRecord
 from .base import Store
+from .base import delivery_id
 from .base import to_datetime
+from .base import to_epoch
 from .memory import MemoryStore
 from .tables import OPEN_STATUSES
 from .tables import Tables
@@ -56,18 +58,6 @@ logger = logging.getLogger("flask_postreg")
 #: Seconds a lease lasts beyond the hook's own timeout (queue wait, slow writes);
 #: ``POSTREG_LEASE_GRACE``.
 LEASE_GRACE = 60.0
-
-
-def delivery_id(event_id: str, hook: str) -> str:
-    """A delivery's id: its primary key, event and hook, as one string."""
-    return f"{event_id}:{hook}"
-
-
-def _epoch(when: _dt.datetime) -> float:
-    """Epoch seconds; a naive time (an event built by hand) is taken as UTC."""
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return when.timestamp()
 
 
 def _watched(connection: sa.Connection) -> bool:
@@ -283,7 +273,7 @@ class DatabaseStore(Store):
                     "id": event.id,
                     "user_id": event.user.id,
                     "payload": event.stored_json(),
-                    "created_at": _epoch(event.context.created_at),
+                    "created_at": to_epoch(event.context.created_at),
                     "run_id": run_id,
                 }
             )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from .. import forksafe
 from .base import DeliveryRecord
 from .base import Store
+from .base import delivery_id
 
 if TYPE_CHECKING:
     from ..dispatch import Outcome
@@ -60,7 +61,7 @@ class MemoryStore(Store):
             if outcome.retry_in is not None:
                 next_at = outcome.finished_at + _dt.timedelta(seconds=outcome.retry_in)
             self._deliveries[key] = DeliveryRecord(
-                id=f"{outcome.event_id}:{outcome.hook}",
+                id=delivery_id(outcome.event_id, outcome.hook),
                 event_id=outcome.event_id,
                 hook=outcome.hook,
                 status=outcome.status,
