@@ -60,25 +60,38 @@ def interval_recorder(path: str, pause: float = 0.002) -> Callable[[Any, Any], N
     return hook
 
 
+def durable_app(
+    name: str,
+    url: str,
+    hooks: dict[str, Callable[[Any, Any], None]],
+    defaults: dict[str, Any],
+    config: dict[str, Any],
+) -> tuple[Flask, PostReg]:
+    """An app on the database store with ``hooks`` (by name); ``config`` (the
+    test's overrides) wins over ``defaults`` (the mode's)."""
+    app = Flask(name)
+    app.config.update(SQLALCHEMY_DATABASE_URI=url, POSTREG_STORE="database")
+    app.config.update(defaults)
+    app.config.update(config)
+    db.init_app(app)
+    postreg = PostReg()
+    for hook_name, hook in hooks.items():
+        postreg.hook(hook, name=hook_name)
+    postreg.init_app(app, db=db, user_model=Account)
+    return app, postreg
+
+
 CRASH_HOOKS = ("slow", "other")
 
 
 def crash_app(url: str, log: str, **config: Any) -> tuple[Flask, PostReg]:
-    app = Flask("crash")
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=url,
-        POSTREG_STORE="database",
-        POSTREG_HOOK_TIMEOUT=1.0,
-        POSTREG_LEASE_GRACE=2.0,
-        POSTREG_RETRY_SCHEDULE=[0.1],
-    )
-    app.config.update(config)
-    db.init_app(app)
-    postreg = PostReg()
-    for name in CRASH_HOOKS:
-        postreg.hook(appender(log, name), name=name)
-    postreg.init_app(app, db=db, user_model=Account)
-    return app, postreg
+    hooks = {name: appender(log, name) for name in CRASH_HOOKS}
+    defaults = {
+        "POSTREG_HOOK_TIMEOUT": 1.0,
+        "POSTREG_LEASE_GRACE": 2.0,
+        "POSTREG_RETRY_SCHEDULE": [0.1],
+    }
+    return durable_app("crash", url, hooks, defaults, config)
 
 
 def crash(url: str, log: str) -> int:
@@ -92,21 +105,14 @@ def crash(url: str, log: str) -> int:
 
 
 def drain_app(url: str, log: str, **config: Any) -> tuple[Flask, PostReg]:
-    app = Flask("drain")
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=url,
-        POSTREG_STORE="database",
-        POSTREG_POLL_INTERVAL=0.02,
-        POSTREG_MAX_QUEUE=20,
-        POSTREG_HOOK_TIMEOUT=5.0,
-        POSTREG_LEASE_GRACE=5.0,
-    )
-    app.config.update(config)
-    db.init_app(app)
-    postreg = PostReg()
-    postreg.hook(interval_recorder(log), name="record")
-    postreg.init_app(app, db=db, user_model=Account)
-    return app, postreg
+    defaults = {
+        "POSTREG_POLL_INTERVAL": 0.02,
+        "POSTREG_MAX_QUEUE": 20,
+        "POSTREG_HOOK_TIMEOUT": 5.0,
+        "POSTREG_LEASE_GRACE": 5.0,
+    }
+    hooks = {"record": interval_recorder(log)}
+    return durable_app("drain", url, hooks, defaults, config)
 
 
 def drain(url: str, log: str, go: str) -> int:
