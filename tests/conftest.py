@@ -55,6 +55,20 @@ class Recorder:
             return [u.email for u, _ in self.calls]
 
 
+class FailsFirst:
+    """A hook whose first ``failures`` attempts raise ConnectionError; it records
+    each attempt's number."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts: list[int] = []
+
+    def __call__(self, user: Any, context: Any) -> None:
+        self.attempts.append(context.attempt)
+        if len(self.attempts) <= self.failures:
+            raise ConnectionError("try again")
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[postgres.PostgresServer]:
     """A throwaway PostgreSQL server for the session (initdb + pg_ctl).

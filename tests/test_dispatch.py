@@ -19,6 +19,7 @@ from flask_postreg.dispatch import Outcome
 from flask_postreg.dispatch import RetryPolicy
 from flask_postreg.store.memory import MemoryStore
 
+from .conftest import FailsFirst
 from .models import Account
 from .models import db
 
@@ -60,17 +61,11 @@ def test_failing_hook_does_not_stop_others_nor_the_request(
 
 
 def test_fails_twice_then_succeeds_in_three_attempts(app, postreg):
-    attempts = []
-
-    def flaky(user, context):
-        attempts.append(context.attempt)
-        if len(attempts) < 3:
-            raise ConnectionError("try again")
-
+    flaky = FailsFirst(2)
     postreg.hook(flaky, name="flaky", max_attempts=5)
     register(app)
     assert postreg.join(10)
-    assert attempts == [1, 2, 3]
+    assert flaky.attempts == [1, 2, 3]
     history = [(o.attempt, o.status) for o in reversed(outcomes(app, hook="flaky"))]
     assert history == [(1, "pending"), (2, "pending"), (3, "succeeded")]
 

@@ -31,6 +31,7 @@ from flask_postreg.events import new_event_id
 
 from . import workers
 from .conftest import BOTH_DATABASES
+from .conftest import FailsFirst
 from .conftest import Recorder
 from .models import Account
 from .models import db
@@ -248,18 +249,12 @@ def test_competing_workers_never_overlap_nor_lose(make_app, db_url, tmp_path, ca
 @both
 def test_fails_twice_then_succeeds_with_three_attempts(make_app):
     app, postreg = make_app()
-    attempts = []
-
-    def flaky(user, context):
-        attempts.append(context.attempt)
-        if len(attempts) < 3:
-            raise ConnectionError("try again")
-
+    flaky = FailsFirst(2)
     postreg.hook(flaky, name="flaky", max_attempts=5)
     register(app)
     assert postreg.join(10)
     (d,) = deliveries(app)
-    assert attempts == [1, 2, 3]
+    assert flaky.attempts == [1, 2, 3]
     assert (d.status, d.attempts, d.error, d.locked_until) == (
         "succeeded",
         3,
