@@ -78,9 +78,10 @@ def make_event(i: int) -> Event:
     return Event(id=event_id, user=user, context=Context(event_id=event_id))
 
 
-def due_deliveries(make_app, n, hook="h"):
+def written_deliveries(make_app, n, hook="h"):
     """An app with one no-op ``hook`` and ``n`` deliveries of it written straight
-    to the outbox, pending and due now for any process's poller."""
+    to the outbox, pre-leased as a registration writes them (and not queued):
+    ``(app, state, store, deliveries)``."""
     app, postreg = make_app()
     postreg.hook(lambda user, context: None, name=hook)
     state = app.extensions["postreg"]
@@ -88,6 +89,13 @@ def due_deliveries(make_app, n, hook="h"):
     s = store(app)
     with s.engine.begin() as conn:
         written = s.write(conn, [make_event(i) for i in range(n)], hooks)
+    return app, state, s, written
+
+
+def due_deliveries(make_app, n, hook="h"):
+    """:func:`written_deliveries`, released: pending and due now for any
+    process's poller. ``(app, state, store)``."""
+    app, state, s, written = written_deliveries(make_app, n, hook)
     s.release([d.row_id for d in written])
     return app, state, s
 
@@ -553,12 +561,7 @@ def test_no_secret_nor_personal_data_in_stored_errors(make_app):
 
 @both
 def test_stale_worker_cannot_overwrite_a_newer_outcome(make_app):
-    app, postreg = make_app()
-    postreg.hook(lambda u, c: None, name="h")
-    state = app.extensions["postreg"]
-    s = store(app)
-    with s.engine.begin() as conn:
-        (old,) = s.write(conn, [make_event(1)], state.hooks())
+    app, state, s, (old,) = written_deliveries(make_app, 1)
     assert old.claim == 1
     s.release([old.row_id])  # its lease ended (the queue refused it, a slow worker)
     (new,) = s.claim_due(state.hooks(), 10)  # another worker claims it: claim 2
@@ -678,12 +681,7 @@ def test_query_api(make_app, db_url):
 def test_release_takes_any_number_of_ids(make_app):
     """The poller releases every id the queue refused in one call: more than
     SQLite's bound-variable limit must work (one primary-key lookup each)."""
-    app, postreg = make_app()
-    postreg.hook(lambda u, c: None, name="h")
-    state = app.extensions["postreg"]
-    s = store(app)
-    with s.engine.begin() as conn:
-        (refused,) = s.write(conn, [make_event(1)], state.hooks())
+    _app, state, s, (refused,) = written_deliveries(make_app, 1)
     s.release([f"evt_{i:032x}:h" for i in range(40_000)] + [refused.row_id, "junk"])
     (again,) = s.claim_due(state.hooks(), 10)
     assert again.row_id == refused.row_id
