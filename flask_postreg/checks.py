@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from . import config as _config
 from .store.database import DatabaseStore
-from .store.database import index_problems
-from .store.database import table_problems
+from .store.tables import index_problems
+from .store.tables import table_problems
 
 if TYPE_CHECKING:
     from .state import _State

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from flask_postreg.store.database import table_problems
+from flask_postreg.store.tables import table_problems
 
 from .conftest import BOTH_DATABASES
 from .models import Account

@@ -14,6 +14,8 @@ are WITHOUT ROWID, so a text primary key is one B-tree, not a table plus an inde
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -120,3 +122,49 @@ def tables_for(metadata: sa.MetaData) -> Tables:
         metadata.tables[DELIVERIES],
         metadata.tables[HOOK_SETTINGS],
     )
+
+
+def table_problems(
+    inspector: Any, tables: Iterable[sa.Table]
+) -> tuple[list[str], list[str]]:
+    """The names of ``tables`` missing from the database, and how each of the
+    others differs from what this version writes (missing columns, another
+    primary key: a table created by an earlier version), as ``name (problems)``."""
+    missing, stale = [], []
+    for table in tables:
+        if not inspector.has_table(table.name, schema=table.schema):
+            missing.append(table.name)
+            continue
+        columns = inspector.get_columns(table.name, schema=table.schema)
+        found = {c["name"] for c in columns}
+        problems = [f"no column {c.name}" for c in table.columns if c.name not in found]
+        key = inspector.get_pk_constraint(table.name, schema=table.schema)
+        ours = [c.name for c in table.primary_key.columns]
+        if sorted(key.get("constrained_columns") or []) != sorted(ours):
+            problems.append(f"primary key is not ({', '.join(ours)})")
+        if problems:
+            stale.append(f"{table.name} ({'; '.join(problems)})")
+    return missing, stale
+
+
+def index_problems(inspector: Any, tables: Iterable[sa.Table]) -> list[str]:
+    """Indexes of ``tables`` missing, or on other columns or uniqueness than this
+    version declares (made by an earlier version): rows are still written, but
+    a guarantee or a speed-up the index gives is missing."""
+    problems = []
+    for table in tables:
+        found = {
+            ix["name"]: ix
+            for ix in inspector.get_indexes(table.name, schema=table.schema)
+        }
+        for index in table.indexes:
+            columns = [c.name for c in index.columns]
+            have = found.get(index.name)
+            if have is None:
+                problems.append(f"{index.name} is missing")
+            elif list(have["column_names"]) != columns or bool(have["unique"]) != bool(
+                index.unique
+            ):
+                unique = "unique " if index.unique else ""
+                problems.append(f"{index.name} is not {unique}({', '.join(columns)})")
+    return problems

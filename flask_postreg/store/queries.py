@@ -1,0 +1,137 @@
+"""The operators' queries on the outbox: list, count, retry, prune, switch hooks.
+
+Each function runs on the caller's connection, in the caller's transaction.
+None of them is on a registration's path: listing ``dead`` or ``succeeded``
+deliveries and pruning read the deliveries table without an index of their own
+(an index costs every registration a write, DESIGN section 6).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..dispatch import PENDING
+from ..dispatch import SUCCEEDED
+from ..events import event_id_floor
+from .base import DeliveryRecord
+from .base import delivery_id
+from .base import to_datetime
+from .tables import Tables
+
+
+def deliveries(
+    conn: sa.Connection,
+    d: sa.Table,
+    *,
+    status: str | None = None,
+    hook: str | None = None,
+    since: _dt.datetime | None = None,
+    until: _dt.datetime | None = None,
+    limit: int = 50,
+    event_id: str | None = None,
+) -> list[DeliveryRecord]:
+    """Delivery rows, newest first, filtered by whichever arguments are given."""
+    query = (
+        sa.select(d)
+        .order_by(d.c.created_at.desc(), d.c.event_id, d.c.hook)
+        .limit(limit)
+    )
+    if status is not None:
+        query = query.where(d.c.status == status)
+    if hook is not None:
+        query = query.where(d.c.hook == hook)
+    if event_id is not None:
+        query = query.where(d.c.event_id == event_id)
+    if since is not None:
+        query = query.where(d.c.created_at >= since.timestamp())
+    if until is not None:
+        query = query.where(d.c.created_at < until.timestamp())
+    return [_record(row) for row in conn.execute(query)]
+
+
+def counts(conn: sa.Connection, d: sa.Table) -> dict[tuple[str, str], int]:
+    """Rows per ``(hook, status)``."""
+    query = sa.select(d.c.hook, d.c.status, sa.func.count()).group_by(
+        d.c.hook, d.c.status
+    )
+    return {(hook, status): n for hook, status, n in conn.execute(query)}
+
+
+def requeue(
+    conn: sa.Connection, d: sa.Table, cond: Any, rows: list[dict[str, Any]] | None
+) -> int:
+    """Rows matching ``cond`` back to pending, due now, with a fresh attempt
+    budget and a new claim token; ``rows`` are the parameters of ``cond``, one
+    statement each. How many rows changed."""
+    now = time.time()
+    stmt = (
+        sa.update(d)
+        .where(cond)
+        .values(
+            status=PENDING,
+            attempts=0,
+            claim=d.c.claim + 1,
+            locked_until=None,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    )
+    if rows is None:
+        return int(conn.execute(stmt).rowcount or 0)
+    # One by one: executemany reports no reliable rowcount everywhere.
+    return sum(int(conn.execute(stmt, row).rowcount or 0) for row in rows)
+
+
+def prune(conn: sa.Connection, t: Tables, cutoff: float) -> int:
+    """Delete succeeded deliveries last changed before ``cutoff`` (epoch), and
+    the events left with none; how many deliveries went."""
+    d, e = t.deliveries, t.events
+    deleted = conn.execute(
+        sa.delete(d).where(d.c.status == SUCCEEDED, d.c.updated_at < cutoff)
+    ).rowcount
+    orphan = ~sa.exists().where(d.c.event_id == e.c.id)
+    # Event ids start with their creation time: the id bound makes this a
+    # range of the primary key, not a scan of every event kept.
+    conn.execute(
+        sa.delete(e).where(
+            e.c.id < event_id_floor(cutoff), e.c.created_at < cutoff, orphan
+        )
+    )
+    return int(deleted or 0)
+
+
+def hook_settings(conn: sa.Connection, h: sa.Table) -> dict[str, bool]:
+    """Hooks switched on or off by the CLI, by name."""
+    return {row.hook: bool(row.enabled) for row in conn.execute(sa.select(h))}
+
+
+def set_enabled(conn: sa.Connection, h: sa.Table, hook: str, enabled: bool) -> None:
+    """Switch ``hook`` on or off (an update, or an insert the first time)."""
+    now = time.time()
+    updated = conn.execute(
+        sa.update(h).where(h.c.hook == hook).values(enabled=enabled, updated_at=now)
+    ).rowcount
+    if not updated:
+        conn.execute(sa.insert(h).values(hook=hook, enabled=enabled, updated_at=now))
+
+
+def _record(row: Any) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=delivery_id(row.event_id, row.hook),
+        event_id=row.event_id,
+        hook=row.hook,
+        status=row.status,
+        attempts=row.attempts,
+        created_at=to_datetime(row.created_at),
+        updated_at=to_datetime(row.updated_at),
+        next_attempt_at=to_datetime(row.next_attempt_at)
+        if row.status == PENDING
+        else None,
+        duration=row.duration,
+        error_class=row.error_class,
+        error=row.error,
+    )
