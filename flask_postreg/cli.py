@@ -1,7 +1,8 @@
 """The ``flask postreg`` command group, added to each app by ``init_app``.
 
 Human output is aligned columns (coloured only on a terminal); ``--json`` output
-is stable for scripts. Errors say what to do and exit non-zero.
+is stable for scripts (both in :mod:`.terminal`). Errors say what to do and exit
+non-zero.
 """
 
 from __future__ import annotations
@@ -9,11 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
-import json
-import re
 import sys
 from collections.abc import Callable
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeVar
@@ -22,6 +20,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from . import terminal
 from .config import ConfigError
 from .dispatch import DEAD
 from .dispatch import PENDING
@@ -36,9 +35,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATUSES = (PENDING, RUNNING, SUCCEEDED, DEAD)
-_COLOURS = {SUCCEEDED: "green", DEAD: "red", PENDING: "yellow", RUNNING: "cyan"}
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*(?:ago)?\s*$", re.I)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 postreg_group = AppGroup(
     "postreg",
@@ -49,34 +45,6 @@ postreg_group = AppGroup(
 # -- helpers -------------------------------------------------------------------
 
 
-def parse_when(text: str, *, now: _dt.datetime | None = None) -> _dt.datetime:
-    """``2h``, ``3d``, ``30m``, ``1w`` (ago), ``now``, ``today``, or ISO 8601.
-
-    ISO times without an offset are UTC. Returns an aware datetime.
-    """
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    value = text.strip()
-    match = _RELATIVE.match(value)
-    if match:
-        seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-        return now - _dt.timedelta(seconds=seconds)
-    if value.lower() == "now":
-        return now
-    if value.lower() == "today":
-        return now.replace(hour=0, minute=0, second=0, microsecond=0)
-    try:
-        when = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not a time: use an ISO date or time (2024-05-01,"
-            " 2024-05-01T12:00, UTC unless it has an offset) or an age such as"
-            " 30m, 2h, 3d, 1w"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return when
-
-
 def _when(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> _dt.datetime | None:
@@ -84,7 +52,7 @@ def _when(
     if value is None:
         return None
     try:
-        return parse_when(value)
+        return terminal.parse_when(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
@@ -110,68 +78,6 @@ def _errors(func: F) -> F:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _tty() -> bool:
-    try:
-        return bool(sys.stdout.isatty())
-    except Exception:  # pragma: no cover - a closed or odd stream
-        return False
-
-
-def _style(text: str, **styles: Any) -> str:
-    return click.style(text, **styles) if _tty() else text
-
-
-def _status(text: str, width: int = 0) -> str:
-    padded = text.ljust(width)
-    return _style(padded, fg=_COLOURS.get(text)) if text in _COLOURS else padded
-
-
-def _time(value: _dt.datetime | None) -> str:
-    if value is None:
-        return "-"
-    return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def _cut(text: str | None, width: int) -> str:
-    text = (text or "").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
-    status_column: int | None = None,
-) -> None:
-    """Aligned columns; the status column coloured on a terminal."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    click.echo(
-        _style(
-            "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
-            bold=True,
-        )
-    )
-    for row in rows:
-        cells = []
-        for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
-            last = i == len(row) - 1
-            if i == status_column:
-                cells.append(_status(cell, 0 if last else width))
-            else:
-                cells.append(cell if last else cell.ljust(width))
-        click.echo("  ".join(cells).rstrip())
-
-
-def _json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def _hook_names(state: _State) -> list[str]:
@@ -229,7 +135,7 @@ def hooks_command(as_json: bool) -> None:
                 if not last
                 else {
                     "status": last[0].status,
-                    "at": _time(last[0].updated_at or last[0].created_at),
+                    "at": terminal.when_text(last[0].updated_at or last[0].created_at),
                     "error_class": last[0].error_class,
                 },
                 "counts": {
@@ -240,7 +146,7 @@ def hooks_command(as_json: bool) -> None:
             }
         )
     if as_json:
-        _json(items)
+        terminal.echo_json(items)
         return
     if not items:
         click.echo("No hooks. Register one with @postreg.hook.")
@@ -261,7 +167,9 @@ def hooks_command(as_json: bool) -> None:
                 " ".join(f"{k}={v}" for k, v in item["counts"].items()) or "-",
             ]
         )
-    _table(["HOOK", "SOURCE", "ENABLED", "ATTEMPTS", "TIMEOUT", "LAST", "COUNTS"], rows)
+    terminal.table(
+        ["HOOK", "SOURCE", "ENABLED", "ATTEMPTS", "TIMEOUT", "LAST", "COUNTS"], rows
+    )
     if not readable:
         click.echo("(the postreg_* tables are missing: no outcomes to show)", err=True)
 
@@ -293,14 +201,20 @@ def test_command(hook_names: tuple[str, ...], payload: Any, as_json: bool) -> No
     results = state.ext.run_test(body, hook_names or None, app=state.app)
     failed = [r for r in results if not r.ok]
     if as_json:
-        _json({"ok": not failed, "results": [r.to_dict() for r in results]})
+        terminal.echo_json(
+            {"ok": not failed, "results": [r.to_dict() for r in results]}
+        )
     else:
         if not results:
             click.echo("No hooks to run. Register one with @postreg.hook.")
         width = max((len(r.hook) for r in results), default=0)
         for r in results:
-            mark = _style("ok  ", fg="green") if r.ok else _style("FAIL", fg="red")
-            line = f"{mark}  {r.hook.ljust(width)}  {_ms(r.duration).rjust(8)}"
+            mark = (
+                terminal.style("ok  ", fg="green")
+                if r.ok
+                else terminal.style("FAIL", fg="red")
+            )
+            line = f"{mark}  {r.hook.ljust(width)}  {terminal.ms(r.duration).rjust(8)}"
             if not r.enabled:
                 line += "  (disabled)"
             if not r.ok:
@@ -350,7 +264,7 @@ def deliveries_command(
         status=status, hook=hook, since=since, until=until, limit=limit
     )
     if as_json:
-        _json([r.to_dict() for r in records])
+        terminal.echo_json([r.to_dict() for r in records])
         return
     if not records:
         click.echo("No deliveries match.")
@@ -361,13 +275,13 @@ def deliveries_command(
             r.hook,
             r.status,
             str(r.attempts),
-            _time(r.created_at),
-            _ms(r.duration),
-            _cut(f"{r.error_class}: {r.error}" if r.error_class else "", 60),
+            terminal.when_text(r.created_at),
+            terminal.ms(r.duration),
+            terminal.cut(f"{r.error_class}: {r.error}" if r.error_class else "", 60),
         ]
         for r in records
     ]
-    _table(
+    terminal.table(
         ["ID", "HOOK", "STATUS", "ATTEMPTS", "CREATED", "DURATION", "ERROR"],
         rows,
         status_column=2,
@@ -395,7 +309,7 @@ def retry_command(
     store = _durable(state, "retrying deliveries")
     count = store.retry_dead(hook) if dead else store.retry(delivery_ids)
     if as_json:
-        _json({"retried": count})
+        terminal.echo_json({"retried": count})
     elif dead:
         click.echo(f"{count} dead delivery(ies) sent back to pending.")
     else:
@@ -478,7 +392,7 @@ def replay_command(
             on_total=on_total,
         )
     if as_json:
-        _json(result.to_dict())
+        terminal.echo_json(result.to_dict())
         return
     verb = "would create" if dry_run else "created"
     click.echo(
@@ -573,7 +487,7 @@ def check_command(ctx: click.Context, ping: bool, as_json: bool) -> None:
         1 if any(not c.ok for c in local) else 2 if any(not c.ok for c in pings) else 0
     )
     if as_json:
-        _json(
+        terminal.echo_json(
             {
                 "ok": code == 0,
                 "exit": code,
@@ -588,7 +502,7 @@ def check_command(ctx: click.Context, ping: bool, as_json: bool) -> None:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for row in rows:
             colour = {"ok": "green", "warn": "yellow", "FAIL": "red"}[row[0]]
-            first = _style(row[0].ljust(widths[0]), fg=colour)
+            first = terminal.style(row[0].ljust(widths[0]), fg=colour)
             rest = "  ".join(
                 cell.ljust(w) for cell, w in zip(row[1:3], widths[1:], strict=True)
             )
@@ -616,7 +530,7 @@ def prune_command(days: float | None, as_json: bool) -> None:
     days = state.values["RETENTION_DAYS"] if days is None else days
     count = store.prune(days)
     if as_json:
-        _json({"pruned": count, "older_than_days": days})
+        terminal.echo_json({"pruned": count, "older_than_days": days})
     else:
         click.echo(
             f"{count} succeeded delivery(ies) older than {days:g} day(s) deleted."

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_postreg import PermanentError
-from flask_postreg.cli import parse_when
+from flask_postreg.terminal import parse_when
 
 from .models import Account
 from .models import db
