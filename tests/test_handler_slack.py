@@ -15,6 +15,8 @@ from flask_postreg import Context
 from flask_postreg import RetryLater
 from flask_postreg import User
 from flask_postreg.handlers import slack
+from flask_postreg.handlers import slack_message
+from flask_postreg.handlers import slack_ratelimit
 from flask_postreg.handlers._http import DeadlineExceeded
 from tests.servers import RecordingServer
 from tests.servers import Reply
@@ -49,7 +51,7 @@ def mrkdwn_texts(message: dict[str, Any]) -> list[str]:
 
 def test_default_message_is_the_reference_example() -> None:
     user = User(id="7", name="Ada Lovelace", email="ada@example.com", username="ada")
-    message = slack.build_message(user, Context(event_id="evt_1"))
+    message = slack_message.build_message(user, Context(event_id="evt_1"))
     assert message["text"] == "New User: Ada Lovelace (ada@example.com)"
     section, context = message["blocks"]
     assert section == {
@@ -61,14 +63,14 @@ def test_default_message_is_the_reference_example() -> None:
 
 
 def test_without_a_name_the_email_is_shown() -> None:
-    message = slack.build_message(User(email="bob@example.com"), Context())
+    message = slack_message.build_message(User(email="bob@example.com"), Context())
     assert message["text"] == "New User: bob@example.com (bob@example.com)"
 
 
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_names_are_escaped_in_mrkdwn(name: str) -> None:
     user = User(name=name, username=name, email="eve@example.com")
-    message = slack.build_message(user, Context())
+    message = slack_message.build_message(user, Context())
     escaped = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     assert message["text"] == f"New User: {escaped} (eve@example.com)"
     for text in mrkdwn_texts(message):
@@ -80,28 +82,35 @@ def test_hostile_names_are_escaped_in_mrkdwn(name: str) -> None:
 
 
 def test_escape_order() -> None:
-    assert slack.escape("<&>") == "&lt;&amp;&gt;"
+    assert slack_message.escape("<&>") == "&lt;&amp;&gt;"
 
 
 def test_template_string_and_callable() -> None:
     user = User(name="<b>", email="b@example.com", username="bee")
-    text = slack.build_message(user, Context(), "Hello {name} / {username}")["text"]
+    text = slack_message.build_message(user, Context(), "Hello {name} / {username}")[
+        "text"
+    ]
     assert text == "Hello &lt;b&gt; / bee"
 
     blocks = [{"type": "section", "text": {"type": "plain_text", "text": "hi"}}]
-    message = slack.build_message(user, Context(), lambda u, c: blocks)
+    message = slack_message.build_message(user, Context(), lambda u, c: blocks)
     assert message["blocks"] == blocks
     assert message["text"].startswith("New User: &lt;b&gt;")
-    message = slack.build_message(user, Context(), lambda u, c: f"*{u.username}*")
+    message = slack_message.build_message(
+        user, Context(), lambda u, c: f"*{u.username}*"
+    )
     assert message["text"] == "*bee*"
 
 
 def test_long_values_are_cut_to_slack_limits() -> None:
     user = User(name="&" * 100_000, username="u" * 1000, email="e@example.com")
-    message = slack.build_message(user, Context(), "{name}" * 200)
-    assert len(message["text"]) <= slack.TEXT_LIMIT
-    assert len(message["blocks"][0]["text"]["text"]) <= slack.SECTION_LIMIT
-    assert len(message["blocks"][1]["elements"][0]["text"]) <= slack.PLAIN_TEXT_LIMIT
+    message = slack_message.build_message(user, Context(), "{name}" * 200)
+    assert len(message["text"]) <= slack_message.TEXT_LIMIT
+    assert len(message["blocks"][0]["text"]["text"]) <= slack_message.SECTION_LIMIT
+    assert (
+        len(message["blocks"][1]["elements"][0]["text"])
+        <= slack_message.PLAIN_TEXT_LIMIT
+    )
     assert not message["text"].rstrip("…").endswith(("&", "&a", "&am", "&amp"))
 
 
@@ -306,7 +315,7 @@ def test_suppressed_when_testing(
 def test_rate_limiter_spaces_a_burst_with_an_injected_clock() -> None:
     now = [100.0]
     slept: list[float] = []
-    limiter = slack.RateLimiter(
+    limiter = slack_ratelimit.RateLimiter(
         1.0, max_wait=2.5, clock=lambda: now[0], sleep=slept.append
     )
     # Three callers arrive at once (the clock does not move between them).

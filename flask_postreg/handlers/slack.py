@@ -17,15 +17,10 @@ or sent as ``plain_text``; the webhook URL and the token never reach a log line.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import threading
-import time
-from collections.abc import Callable
 from collections.abc import Iterator
-from collections.abc import Mapping
-from collections.abc import Sequence
 from typing import Any
 
 from ..errors import PermanentError
@@ -34,6 +29,13 @@ from ..events import Context
 from ..events import User
 from ..scrub import scrub
 from . import _http
+from .slack_message import DEFAULT_TEMPLATE
+from .slack_message import Template
+from .slack_message import build_message
+from .slack_message import check_template
+from .slack_message import escape
+from .slack_ratelimit import RateLimiter
+from .slack_ratelimit import limiter_for
 
 try:
     from slack_sdk import WebClient
@@ -54,188 +56,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("flask_postreg.slack")
-
-#: The reference example's message: ``New User: <name or email> (<email>)``.
-DEFAULT_TEMPLATE = "New User: {display} ({email})"
-
-#: Slack's documented limits (characters).
-TEXT_LIMIT = 40000
-SECTION_LIMIT = 3000
-PLAIN_TEXT_LIMIT = 150
-#: Each user value is cut to this before it enters a message.
-VALUE_LIMIT = 500
-
-Template = str | Callable[[User, Context], "str | Sequence[Mapping[str, Any]]"]
-
-
-# -- escaping and limits ------------------------------------------------------
-
-
-def escape(value: object) -> str:
-    """Escape text for Slack mrkdwn: ``&``, ``<``, ``>`` (in that order).
-
-    A user named ``<!channel>`` then shows as text instead of pinging everyone,
-    and ``<https://evil.test|click>`` shows as text instead of a link.
-    """
-    text = "" if value is None else str(value)
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def cut(text: str, limit: int) -> str:
-    """``text`` within ``limit`` characters, ending in "…" when cut.
-
-    Never leaves half an escape sequence (``&am``) at the end.
-    """
-    if len(text) <= limit:
-        return text
-    text = text[: limit - 1]
-    amp = text.rfind("&")
-    if amp != -1 and ";" not in text[amp:] and len(text) - amp <= 5:
-        text = text[:amp]
-    return text + "…"
-
-
-def _plain(value: object) -> str:
-    """A user value for a template: text, one line, cut to :data:`VALUE_LIMIT`."""
-    text = "" if value is None else str(value)
-    return cut(" ".join(text.split()), VALUE_LIMIT)
-
-
-def user_fields(user: User, context: Context) -> dict[str, str]:
-    """The names a ``POSTREG_SLACK_TEMPLATE`` can use, unescaped, one line each."""
-    display = user.name or user.email or user.username or user.id
-    return {
-        "display": _plain(display),
-        "name": _plain(user.name),
-        "email": _plain(user.email),
-        "username": _plain(user.username),
-        "id": _plain(user.id),
-        "tenant": _plain(user.tenant),
-        "phone_number": _plain(user.phone_number),
-        "email_verified": "yes" if user.email_verified else "no",
-        "connection": _plain(context.connection.name),
-        "event_id": _plain(context.event_id),
-    }
-
-
-def check_template(template: str) -> str:
-    """Fail early (at ``init_app``) on a template naming an unknown field."""
-    sample = user_fields(User(id="1", email="a@example.com"), Context(event_id="e"))
-    try:
-        template.format_map(sample)
-    except (KeyError, IndexError, ValueError, AttributeError) as exc:
-        raise ValueError(
-            f"POSTREG_SLACK_TEMPLATE cannot be formatted ({exc!r}); use fields"
-            f" among {sorted(sample)}, e.g. {DEFAULT_TEMPLATE!r}"
-        ) from None
-    return template
-
-
-def build_message(
-    user: User, context: Context, template: Template | None = None
-) -> dict[str, Any]:
-    """The ``text`` and ``blocks`` for one registration (user values escaped)."""
-    fields = user_fields(user, context)
-    escaped = {k: escape(v) for k, v in fields.items()}
-    default_text = cut(DEFAULT_TEMPLATE.format_map(escaped), TEXT_LIMIT)
-    if callable(template):
-        result = template(user, context)
-        if isinstance(result, str):
-            text = cut(result, TEXT_LIMIT)
-            return {"text": text, "blocks": _default_blocks(text, fields)}
-        blocks = [dict(b) for b in result]
-        return {"text": default_text, "blocks": blocks}
-    fmt = template or DEFAULT_TEMPLATE
-    text = cut(fmt.format_map(escaped), TEXT_LIMIT)
-    return {"text": text, "blocks": _default_blocks(text, fields)}
-
-
-def _default_blocks(text: str, fields: Mapping[str, str]) -> list[dict[str, Any]]:
-    """A section with the (escaped) text, a context line in ``plain_text``."""
-    facts = [f"Username: {fields['username']}" if fields["username"] else ""]
-    facts.append(f"via {fields['connection']}" if fields["connection"] else "")
-    note = " · ".join(f for f in facts if f) or "New registration"
-    return [
-        {
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": cut(text, SECTION_LIMIT)},
-        },
-        {
-            "type": "context",
-            "elements": [
-                {
-                    "type": "plain_text",
-                    "text": cut(note, PLAIN_TEXT_LIMIT),
-                    "emoji": False,
-                }
-            ],
-        },
-    ]
-
-
-# -- rate limit ---------------------------------------------------------------
-
-
-class RateLimiter:
-    """At most one message per ``interval`` seconds to one destination.
-
-    :meth:`acquire` reserves the next free slot and sleeps until it, but never
-    longer than ``max_wait``: past that it raises :class:`RetryLater` with the
-    wait, so a burst queues through retries instead of parking every worker.
-    ``clock`` and ``sleep`` are injectable for tests.
-    """
-
-    def __init__(
-        self,
-        interval: float = 1.0,
-        *,
-        max_wait: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.interval = interval
-        self.max_wait = max_wait
-        self.clock = clock
-        self.sleep = sleep
-        self._next = float("-inf")
-        self._lock = threading.Lock()
-
-    def acquire(self) -> float:
-        """Wait for this caller's slot; returns the seconds waited."""
-        with self._lock:
-            now = self.clock()
-            slot = max(now, self._next)
-            wait = slot - now
-            if wait > self.max_wait:
-                raise RetryLater(
-                    f"Slack allows about one message per {self.interval:g}s to one"
-                    f" destination; the next free slot is in {wait:.1f}s",
-                    retry_after=wait,
-                )
-            self._next = slot + self.interval
-        if wait > 0:
-            self.sleep(wait)
-        return wait
-
-    def defer(self, seconds: float) -> None:
-        """The server asked for a pause (429): hold every sender back as well."""
-        with self._lock:
-            self._next = max(self._next, self.clock() + seconds)
-
-
-_LIMITERS: dict[str, RateLimiter] = {}
-_LIMITERS_LOCK = threading.Lock()
-
-
-def limiter_for(destination: str, interval: float, max_wait: float) -> RateLimiter:
-    """The process-wide limiter of one destination (shared by every app)."""
-    key = hashlib.sha256(destination.encode()).hexdigest()
-    with _LIMITERS_LOCK:
-        limiter = _LIMITERS.get(key)
-        if limiter is None:
-            limiter = _LIMITERS[key] = RateLimiter(interval, max_wait=max_wait)
-        return limiter
-
 
 # -- keeping secrets out of logs ----------------------------------------------
 
