@@ -12,6 +12,7 @@ import dataclasses
 import datetime as _dt
 import inspect
 import logging
+import math
 import random
 import threading
 import time
@@ -168,10 +169,19 @@ class RetryPolicy:
     def delay(self, failed_attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after attempt ``failed_attempt`` before the next one."""
         cap = max(self.schedule)
-        if retry_after is not None:
-            return min(max(float(retry_after), 0.0), cap)
+        if retry_after is not None and math.isfinite(retry_after):
+            return min(max(retry_after, 0.0), cap)
         base = self.schedule[min(failed_attempt, len(self.schedule)) - 1]
         return base * (1.0 - self.jitter + 2.0 * self.jitter * self.rand())
+
+
+def _text(error: BaseException) -> str:
+    """``str(error)``, or a placeholder when the exception's ``__str__`` raises
+    (a failure must still be recorded)."""
+    try:
+        return str(error)
+    except Exception:
+        return f"(a {type(error).__name__} whose message could not be read)"
 
 
 def _call(func: HookFunc, user: User, context: Context) -> None:
@@ -304,12 +314,10 @@ class Dispatcher:
             )
             retry_in = None
             if not final:
-                retry_after = (
-                    error.retry_after if isinstance(error, RetryLater) else None
-                )
+                retry_after = error.delay if isinstance(error, RetryLater) else None
                 retry_in = self.policy.delay(delivery.attempt, retry_after)
             secrets = self.scrub_values(delivery)
-            message = scrub(str(error), secrets)
+            message = scrub(_text(error), secrets)
             outcome = Outcome(
                 event_id=delivery.event.id,
                 hook=hook.name,

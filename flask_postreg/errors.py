@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 from .config import ConfigError
 
-__all__ = ["ConfigError", "HookTimeout", "PermanentError", "PostRegError", "RetryLater"]
+__all__ = [
+    "ConfigError",
+    "HookTimeout",
+    "LeaseExpired",
+    "PermanentError",
+    "PostRegError",
+    "RetryLater",
+]
 
 
 class PostRegError(RuntimeError):
@@ -29,6 +38,23 @@ class RetryLater(Exception):
         super().__init__(message)
         self.retry_after = retry_after
 
+    @property
+    def delay(self) -> float | None:
+        """``retry_after`` as seconds, or None when it is not a finite number (a
+        hook passing a raw ``Retry-After`` date, or ``nan``): the schedule then
+        decides."""
+        try:
+            seconds = float(self.retry_after)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+
 
 class HookTimeout(Exception):
     """An attempt ran past its timeout; the watchdog reported it failed."""
+
+
+class LeaseExpired(Exception):
+    """A delivery's lease kept expiring without an outcome (its process died
+    during each attempt, or could not record the outcome): recorded as the error
+    of a delivery made dead so that it cannot run forever."""

@@ -237,6 +237,7 @@ class PostReg:
         if not run:
             state.committed(marks)
             return event
+        state.read_switches()
         hooks = state.hooks()
         deliveries = [Delivery(event=event, hook=h) for h in hooks]
         if isinstance(state.store, DatabaseStore):

@@ -7,12 +7,16 @@ process), refreshes which hooks are disabled, and prunes old successes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING
 from typing import Any
 
+from .errors import LeaseExpired
+
 if TYPE_CHECKING:
+    from .dispatch import Delivery
     from .state import _State
     from .store.database import DatabaseStore
 
@@ -56,6 +60,9 @@ class Poller:
         started = 0
         refused = []
         for delivery in self.store.claim_due(hooks, limit):
+            if delivery.attempt > (delivery.hook.max_attempts or 1) + 1:
+                self._bury(delivery)
+                continue
             if backend.submit(delivery):
                 started += 1
             else:  # the queue filled meanwhile: don't sit on the lease
@@ -67,3 +74,21 @@ class Poller:
             self._last_prune = now
             self.store.prune(self.state.values["RETENTION_DAYS"])
         return started
+
+    def _bury(self, delivery: Delivery) -> None:
+        """A delivery whose leases kept expiring: dead, not run again.
+
+        An expired lease means the process holding it died (or could not write
+        the outcome); the attempt it counted may never have run, so a death is
+        forgiven once. Past ``max_attempts + 1`` claims, a hook that kills its
+        process (or an outcome that cannot be written) would otherwise run for
+        ever; it ends as an explicit dead letter instead, through the same path
+        as any failure (log, ``hook_failed`` signal, recorded outcome).
+        """
+        last = dataclasses.replace(delivery, attempt=delivery.attempt - 1)
+        error = LeaseExpired(
+            f"the lease of attempt {last.attempt} expired without an outcome: the"
+            " process running it died or could not record it, too many times"
+        )
+        self.state.dispatcher.finish(last, error, 0.0)
+        self.store.flush()  # now, not with the next batch: the row stays claimed

@@ -90,6 +90,8 @@ def created_column(model: type) -> sa.Column[Any]:
 def _bound(column: sa.Column[Any], when: _dt.datetime) -> Any:
     """``when`` (aware) as the column stores times: naive UTC, aware, or epoch."""
     kind = column.type
+    if when.tzinfo is not None:  # naive UTC below means UTC, not the given offset
+        when = when.astimezone(_dt.timezone.utc)
     if isinstance(kind, sa.DateTime):
         return when if kind.timezone else when.replace(tzinfo=None)
     if isinstance(kind, sa.Date):

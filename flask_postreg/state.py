@@ -241,6 +241,17 @@ class _State:
                 "flask-postreg could not read hook settings (%s)", type(exc).__name__
             )
 
+    def read_switches(self) -> None:
+        """Before deliveries are made: the run-time switches, read here when no
+        poller of this process keeps them fresh (``POSTREG_RUN_IN_WEB = False``,
+        the sync backend, the memory store) or before its first round, so that
+        ``flask postreg enable/disable`` reaches every process within
+        ``POSTREG_POLL_INTERVAL``. One read per interval at most."""
+        polled = self.poller is not None and self.values["BACKEND"] != "sync"
+        if self._settings_at and self.run_here and polled:
+            return  # the poller reads them every round
+        self.refresh_settings(force=False)
+
     # -- capture -----------------------------------------------------------
 
     def field_map(self, model: type) -> FieldMap:
@@ -285,6 +296,7 @@ class _State:
         marks, run = recording.marks(self, events)
         if not run:
             return marks
+        self.read_switches()
         hooks = self.hooks()
         if isinstance(self.store, DatabaseStore):
             connection = session.connection(bind_arguments={"mapper": self.mapper})

@@ -56,17 +56,18 @@ class Recorder:
 
 
 class FailsFirst:
-    """A hook whose first ``failures`` attempts raise ConnectionError; it records
-    each attempt's number."""
+    """A hook whose first ``failures`` calls raise ``error`` (a ConnectionError
+    by default); it records each attempt's number."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
         self.failures = failures
+        self.error = error or ConnectionError("try again")
         self.attempts: list[int] = []
 
     def __call__(self, user: Any, context: Any) -> None:
         self.attempts.append(context.attempt)
         if len(self.attempts) <= self.failures:
-            raise ConnectionError("try again")
+            raise self.error
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,11 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
+from flask_postreg import User
+from flask_postreg.events import Context
+from flask_postreg.events import Event
+from flask_postreg.events import new_event_id
+
 from .models import Account
 
 
@@ -91,3 +96,41 @@ def assert_rows_match_committed(
     assert set(per_event) == {r["id"] for r in rows}
     for event_id, names in per_event.items():
         assert sorted(names) == hooks, event_id
+
+
+def row(app: Flask, row_id: str) -> Any:
+    """The ``postreg_deliveries`` row of one delivery id."""
+    (found,) = [d for d in deliveries(app) if d.id == row_id]
+    return found
+
+
+def make_event(i: int) -> Event:
+    """An event for user ``i``, as a registration would make it."""
+    event_id = new_event_id()
+    user = User(id=str(i), email=f"u{i}@example.com", username=f"u{i}")
+    return Event(id=event_id, user=user, context=Context(event_id=event_id))
+
+
+def written_deliveries(
+    make_app: Any, n: int, hook: str = "h", **options: Any
+) -> tuple[Any, ...]:
+    """An app with one no-op ``hook`` (``options`` are the hook's) and ``n``
+    deliveries of it written straight to the outbox, pre-leased as a
+    registration writes them (and not queued): ``(app, state, store,
+    deliveries)``."""
+    app, postreg = make_app()
+    postreg.hook(lambda user, context: None, name=hook, **options)
+    state = app.extensions["postreg"]
+    hooks = [h for h in state.hooks() if h.name == hook]
+    s = store(app)
+    with s.engine.begin() as conn:
+        written = s.write(conn, [make_event(i) for i in range(n)], hooks)
+    return app, state, s, written
+
+
+def due_deliveries(make_app: Any, n: int, hook: str = "h") -> tuple[Any, ...]:
+    """:func:`written_deliveries`, released: pending and due now for any
+    process's poller. ``(app, state, store)``."""
+    app, state, s, written = written_deliveries(make_app, n, hook)
+    s.release([d.row_id for d in written])
+    return app, state, s

@@ -110,6 +110,19 @@ def test_replay_resumes_an_interrupted_run(app):
     assert len(rows(app, "r2")[0]) == 8
 
 
+def test_a_time_with_an_offset_is_that_instant(app):
+    """``--since`` with an offset selects from that instant: the model stores
+    naive UTC, so the bound is converted, not stripped of its offset (which
+    moved the window by the offset and missed the users in between)."""
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
+    since = (old - dt.timedelta(hours=1)).astimezone(dt.timezone(dt.timedelta(hours=5)))
+    result = invoke(
+        app, "replay", "--since", since.isoformat(), "--until", "3d", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["created"] == 1  # "old", 10 days ago
+
+
 def test_dry_run_writes_nothing_and_the_poller_delivers(app):
     data = json.loads(
         invoke(app, "replay", "--since", "1d", "--dry-run", "--json").output

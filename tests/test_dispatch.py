@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import logging
 import threading
+import time
 
 import pytest
 from flask import current_app
@@ -17,6 +18,7 @@ from flask_postreg import hook_succeeded
 from flask_postreg import post_user_registration
 from flask_postreg.dispatch import Outcome
 from flask_postreg.dispatch import RetryPolicy
+from flask_postreg.handlers import _http
 from flask_postreg.store.memory import MemoryStore
 
 from .conftest import FailsFirst
@@ -295,6 +297,47 @@ class TestRetryPolicy:
         assert policy.delay(1, retry_after=10_000) == 60
         assert policy.delay(1, retry_after=-3) == 0
 
+    def test_a_retry_after_that_is_not_a_number_leaves_it_to_the_schedule(self):
+        """A hook passing a raw ``Retry-After`` date, or a server saying ``nan``:
+        the schedule decides (a NaN delay would never come due)."""
+        policy = RetryPolicy([5, 60], rand=lambda: 0.5)
+        for odd in ("Wed, 21 Oct 2015 07:28:00 GMT", float("nan"), "inf", None):
+            assert RetryLater("busy", retry_after=odd).delay is None  # type: ignore[arg-type]
+        assert RetryLater("busy", retry_after="12").delay == 12.0  # type: ignore[arg-type]
+        assert policy.delay(1, retry_after=float("nan")) == 5.0
+        assert _http.retry_after("nan") is None
+        assert _http.retry_after("inf") is None
+        assert _http.retry_after("120") == 120.0
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("this exception has no text")
+
+
+def test_odd_exceptions_are_recorded_and_no_worker_is_lost(make_app):
+    """A hook error whose message cannot be read, or a RetryLater whose
+    retry_after is a date string or NaN, is still classified and recorded; the
+    pool's only worker survives to run the next registration's hooks."""
+    app, postreg = make_app(POSTREG_MAX_WORKERS=1, POSTREG_STORE="memory")
+
+    def unprintable(user, context):
+        raise Unprintable()
+
+    postreg.hook(unprintable, name="unprintable", max_attempts=1)
+    for odd in ("Wed, 21 Oct 2015 07:28:00 GMT", float("nan")):
+        hook = FailsFirst(1, RetryLater("busy", retry_after=odd))
+        postreg.hook(hook, name=f"odd-{odd}", max_attempts=2)
+    register(app, "a@example.com")
+    register(app, "b@example.com")
+    assert postreg.join(10)
+    dead = outcomes(app, hook="unprintable")
+    assert [o.status for o in dead] == ["dead", "dead"]
+    assert dead[0].error == "(a Unprintable whose message could not be read)"
+    for odd in ("Wed, 21 Oct 2015 07:28:00 GMT", float("nan")):
+        history = [o.status for o in reversed(outcomes(app, hook=f"odd-{odd}"))]
+        assert history == ["pending", "succeeded", "succeeded"]
+
 
 def test_backpressure_in_database_mode_loses_nothing(make_app):
     app, postreg = make_app(
@@ -334,6 +377,30 @@ def test_store_accessor_is_the_query_api(app, postreg, recorder):
     (record,) = store.deliveries(hook="recorder")
     assert (record.status, record.attempts) == ("succeeded", 1)
     assert store.counts() == {("recorder", "succeeded"): 1}
+
+
+@pytest.mark.parametrize("store_name", ["memory", "database"])
+def test_naive_query_times_are_utc_in_both_stores(make_app, monkeypatch, store_name):
+    """``deliveries(since=, until=)`` read a naive time as UTC, as event times
+    are stored, whatever the process's time zone. (The database store read it
+    as local time; the memory store raised comparing it with aware times.)"""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        app, postreg = make_app(POSTREG_STORE=store_name)
+        postreg.hook(lambda u, c: None, name="h")
+        register(app)
+        assert postreg.join(10)
+        store = postreg.store(app)
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        minute = datetime.timedelta(minutes=1)
+        assert [d.hook for d in store.deliveries(since=now - minute)] == ["h"]
+        assert store.deliveries(since=now + minute) == []
+        assert [d.hook for d in store.deliveries(until=now + minute)] == ["h"]
+        assert store.deliveries(until=now - minute) == []
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_async_hook_with_the_sync_backend_inside_a_running_loop(make_app):

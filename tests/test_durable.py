@@ -7,7 +7,6 @@ needs PostgreSQL's ``FOR UPDATE SKIP LOCKED`` and runs there only.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -37,7 +36,11 @@ from .models import Account
 from .models import db
 from .outbox import accounts
 from .outbox import deliveries
+from .outbox import due_deliveries
 from .outbox import events
+from .outbox import make_event
+from .outbox import row
+from .outbox import store
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -61,43 +64,6 @@ def wait_for(predicate, timeout, what="condition"):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
-
-
-def store(app):
-    return app.extensions["postreg"].store
-
-
-def row(app, row_id):
-    (found,) = [d for d in deliveries(app) if d.id == row_id]
-    return found
-
-
-def make_event(i: int) -> Event:
-    event_id = new_event_id()
-    user = User(id=str(i), email=f"u{i}@example.com", username=f"u{i}")
-    return Event(id=event_id, user=user, context=Context(event_id=event_id))
-
-
-def written_deliveries(make_app, n, hook="h"):
-    """An app with one no-op ``hook`` and ``n`` deliveries of it written straight
-    to the outbox, pre-leased as a registration writes them (and not queued):
-    ``(app, state, store, deliveries)``."""
-    app, postreg = make_app()
-    postreg.hook(lambda user, context: None, name=hook)
-    state = app.extensions["postreg"]
-    hooks = [h for h in state.hooks() if h.name == hook]
-    s = store(app)
-    with s.engine.begin() as conn:
-        written = s.write(conn, [make_event(i) for i in range(n)], hooks)
-    return app, state, s, written
-
-
-def due_deliveries(make_app, n, hook="h"):
-    """:func:`written_deliveries`, released: pending and due now for any
-    process's poller. ``(app, state, store)``."""
-    app, state, s, written = written_deliveries(make_app, n, hook)
-    s.release([d.row_id for d in written])
-    return app, state, s
 
 
 def spawn(tmp_path, *args):
@@ -556,52 +522,6 @@ def test_no_secret_nor_personal_data_in_stored_errors(make_app):
     assert "CRM_TOKEN" not in everything
 
 
-# -- claims ------------------------------------------------------------------------
-
-
-@both
-def test_stale_worker_cannot_overwrite_a_newer_outcome(make_app):
-    app, state, s, (old,) = written_deliveries(make_app, 1)
-    assert old.claim == 1
-    s.release([old.row_id])  # its lease ended (the queue refused it, a slow worker)
-    (new,) = s.claim_due(state.hooks(), 10)  # another worker claims it: claim 2
-    assert (new.row_id, new.claim, new.attempt) == (old.row_id, 2, 2)
-
-    state.dispatcher.finish(old, RuntimeError("late and stale"), 1.0)
-    d = row(app, old.row_id)
-    assert (d.status, d.claim, d.attempts, d.error) == ("running", 2, 2, None)
-    assert s.claim_retry(old.next()) is None  # nor can it take the row back
-
-    state.dispatcher.finish(new, None, 0.5)
-    d = row(app, old.row_id)
-    assert (d.status, d.claim, d.attempts) == ("succeeded", 2, 2)
-    state.dispatcher.finish(old, RuntimeError("even later"), 1.0)
-    assert row(app, old.row_id).status == "succeeded"
-
-
-@both
-def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
-    """A claimed delivery that waited in the queue until its lease could end
-    mid-attempt is skipped (another process may claim it, never run it alongside)
-    and handed back without counting the attempt it never made."""
-    app, postreg = make_app(POSTREG_HOOK_TIMEOUT=10.0)
-    postreg.hook(lambda u, c: None, name="h")
-    state = app.extensions["postreg"]
-    s = store(app)
-    with s.engine.begin() as conn:
-        (first,) = s.write(conn, [make_event(1)], state.hooks())
-    assert s.prepare(first) is first
-    s.release([first.row_id])
-    (claimed,) = s.claim_due(state.hooks(), 10)
-    assert s.prepare(claimed) is claimed
-    late = dataclasses.replace(claimed, lease_until=time.time() + 5)
-    assert s.prepare(late) is None
-    # Handed back, due now, and the attempt that never ran is not counted.
-    assert row(app, first.row_id).attempts == claimed.attempt - 1
-    (again,) = s.claim_due(state.hooks(), 10)
-    assert (again.attempt, again.claim) == (claimed.attempt, claimed.claim + 1)
-
-
 # -- query API ---------------------------------------------------------------------
 
 
@@ -678,16 +598,6 @@ def test_query_api(make_app, db_url):
 
 
 @both
-def test_release_takes_any_number_of_ids(make_app):
-    """The poller releases every id the queue refused in one call: more than
-    SQLite's bound-variable limit must work (one primary-key lookup each)."""
-    _app, state, s, (refused,) = written_deliveries(make_app, 1)
-    s.release([f"evt_{i:032x}:h" for i in range(40_000)] + [refused.row_id, "junk"])
-    (again,) = s.claim_due(state.hooks(), 10)
-    assert again.row_id == refused.row_id
-
-
-@both
 def test_database_history_keeps_no_count_of_retries_taken_elsewhere(make_app):
     """A retry another process's poller took never ends in this process's
     recent-history copy; it must not be remembered there for ever."""
@@ -700,76 +610,3 @@ def test_database_history_keeps_no_count_of_retries_taken_elsewhere(make_app):
     assert [o.status for o in history.recent()] == ["pending"]
     assert history._open == {} and history.counts() == {}
     assert store(app).counts() == {("h", "pending"): 1}
-
-
-@both
-def test_claim_due_takes_at_most_limit(make_app):
-    """PostgreSQL once claimed every due row per poll (a rescanned LIMIT subquery)."""
-    _app, state, s = due_deliveries(make_app, 50)
-    first = s.claim_due(state.hooks(), 20)
-    second = s.claim_due(state.hooks(), 20)
-    third = s.claim_due(state.hooks(), 20)
-    assert [len(first), len(second), len(third)] == [20, 20, 10]
-    ids = [d.row_id for d in first + second + third]
-    assert len(set(ids)) == 50
-    assert s.claim_due(state.hooks(), 20) == []
-
-
-def test_poller_query_uses_the_partial_due_index(make_app):
-    """SQLite uses a partial index only for a query that spells its condition the
-    same way (literals, not bound values); otherwise every poll scans the table."""
-    _app, state, s = due_deliveries(make_app, 3)
-    seen = []
-
-    def grab(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith("UPDATE"):
-            seen.append((statement, parameters))
-
-    sa.event.listen(s.engine, "before_cursor_execute", grab)
-    try:
-        assert len(s.claim_due(state.hooks(), 10)) == 3
-    finally:
-        sa.event.remove(s.engine, "before_cursor_execute", grab)
-    ((statement, parameters),) = seen
-    with s.engine.connect() as conn:
-        plan = [
-            row[-1]
-            for row in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN " + statement, parameters
-            )
-        ]
-    assert any("ix_postreg_deliveries_due" in step for step in plan), plan
-    assert not any(step.startswith("SCAN postreg_deliveries") for step in plan), plan
-
-
-@both
-def test_poller_hands_back_what_the_queue_refuses(make_app):
-    """A claim the backend cannot queue is released at once, its attempt given
-    back, instead of sitting on its lease (hook timeout + grace) unrun."""
-    app, state, s = due_deliveries(make_app, 5)
-
-    class FullAfterTwo:
-        def __init__(self):
-            self.taken = []
-
-        def capacity(self):
-            return 5
-
-        def submit(self, delivery):
-            if len(self.taken) < 2:
-                self.taken.append(delivery)
-                return True
-            return False
-
-    backend = FullAfterTwo()
-    assert state.poller.poll_once(backend) == 2
-    rows = {d.id: d for d in deliveries(app)}
-    taken = {d.row_id for d in backend.taken}
-    for row_id, d in rows.items():
-        if row_id in taken:
-            assert (d.attempts, d.claim) == (2, 2) and d.locked_until > time.time()
-        else:
-            assert (d.attempts, d.claim, d.locked_until) == (1, 2, 0.0)
-    again = s.claim_due(state.hooks(), 10)
-    assert {d.row_id for d in again} == set(rows) - taken
-    assert {d.attempt for d in again} == {2}

@@ -336,7 +336,14 @@ class ThreadBackend:
                         return  # a replacement took this thread's place
                     self._workers += 1  # replacements were capped: rejoin the pool
                     continue
-            self._done(prepared, self.dispatcher.finish(prepared, error, duration))
+            try:
+                outcome = self.dispatcher.finish(prepared, error, duration)
+            except Exception:  # finish() never raises; if it did, keep the worker
+                logger.exception("flask-postreg could not finish an attempt")
+                with self._cond:
+                    self._finished_one()
+                continue
+            self._done(prepared, outcome)
 
     def _done(self, delivery: Delivery, outcome: Outcome) -> None:
         """After an attempt: plan its retry or count it finished."""

@@ -15,6 +15,7 @@ import dataclasses
 import datetime as _dt
 import email.utils
 import http.client
+import math
 import socket
 import ssl
 import threading
@@ -172,9 +173,11 @@ def retry_after(value: str | None, *, now: _dt.datetime | None = None) -> float 
         return None
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "nan" and "inf" parse as floats; no server means them
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

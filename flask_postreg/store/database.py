@@ -304,10 +304,27 @@ class DatabaseStore(Store):
                 conn, self.t.deliveries, by_name, limit, lease, now
             )
             events = self._load_events(conn, {c.event_id for c in claimed})
+            lost = [c for c in claimed if c.event_id not in events]
+            if lost:
+                # Claimed again at every lease end, never run: make them dead.
+                rows = [
+                    {"b_event": c.event_id, "b_hook": c.hook, "b_claim": c.claim}
+                    for c in lost
+                ]
+                error = "the event's row is missing or its payload cannot be read"
+                leases.bury(
+                    conn, self.t.deliveries, rows, "UnreadableEvent", error, now
+                )
+                logger.error(
+                    "flask-postreg: %d delivery(ies) made dead: %s (event %s)",
+                    len(lost),
+                    error,
+                    ", ".join(sorted({c.event_id for c in lost})),
+                )
         deliveries = []
         for c in claimed:
             event = events.get(c.event_id)
-            if event is None:  # pruned under us; nothing to run
+            if event is None:
                 continue
             deliveries.append(
                 Delivery(

@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..dispatch import DEAD
 from ..dispatch import PENDING
 from ..dispatch import RUNNING
 from ..dispatch import Delivery
@@ -109,7 +110,8 @@ def release(conn: sa.Connection, d: sa.Table, rows: list[dict[str, Any]]) -> Non
     stmt = (
         sa.update(d)
         .where(is_key(d), d.c.claim == 1, d.c.status == RUNNING)
-        .values(locked_until=0.0, next_attempt_at=0.0)
+        # The pre-lease counted an attempt that never ran: give it back.
+        .values(locked_until=0.0, next_attempt_at=0.0, attempts=d.c.attempts - 1)
     )
     conn.execute(stmt, rows)  # one primary-key lookup per id, any number
 
@@ -144,6 +146,32 @@ def hand_back(
     )
     # One by one: executemany reports no reliable rowcount everywhere.
     return sum(int(conn.execute(stmt, row).rowcount or 0) for row in rows)
+
+
+def bury(
+    conn: sa.Connection,
+    d: sa.Table,
+    rows: list[dict[str, Any]],
+    error_class: str,
+    error: str,
+    now: float,
+) -> None:
+    """Make claimed rows (:func:`claim_rows`) dead without running them, the
+    attempt the claim counted given back: for a delivery that cannot run."""
+    stmt = (
+        sa.update(d)
+        .where(still_held(d))
+        .values(
+            status=DEAD,
+            attempts=sa.case((d.c.attempts > 0, d.c.attempts - 1), else_=0),
+            locked_until=None,
+            next_attempt_at=now,
+            updated_at=now,
+            error_class=error_class,
+            error=error,
+        )
+    )
+    conn.execute(stmt, rows)
 
 
 def claim_due(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import math
 import threading
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from .. import forksafe
 from .base import DeliveryRecord
 from .base import Store
 from .base import delivery_id
+from .base import to_epoch
 
 if TYPE_CHECKING:
     from ..dispatch import Outcome
@@ -101,13 +103,17 @@ class MemoryStore(Store):
         with self._lock:
             items = list(self._deliveries.values())
         items.reverse()
+        low = -math.inf if since is None else to_epoch(since)  # naive: UTC
+        high = math.inf if until is None else to_epoch(until)
         return [
             d
             for d in items
             if (status is None or d.status == status)
             and (hook is None or d.hook == hook)
-            and (since is None or (d.created_at is not None and d.created_at >= since))
-            and (until is None or (d.created_at is not None and d.created_at < until))
+            and (
+                (since is None and until is None)
+                or (d.created_at is not None and low <= to_epoch(d.created_at) < high)
+            )
         ][:limit]
 
     def counts(self) -> dict[tuple[str, str], int]:

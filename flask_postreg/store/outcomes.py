@@ -138,6 +138,7 @@ class OutcomeWriter:
                 )
                 .values(
                     status=sa.bindparam("b_status"),
+                    attempts=sa.bindparam("b_attempt"),
                     locked_until=sa.null(),
                     next_attempt_at=sa.bindparam("b_next"),
                     duration=sa.bindparam("b_duration"),
@@ -153,6 +154,7 @@ class OutcomeWriter:
                 "b_hook": o.hook,
                 "b_claim": o.claim,
                 "b_status": o.status,
+                "b_attempt": o.attempt,
                 "b_next": now + o.retry_in if o.retry_in is not None else now,
                 "b_duration": o.duration,
                 "b_error_class": o.error_class,

@@ -20,6 +20,7 @@ from ..events import event_id_floor
 from .base import DeliveryRecord
 from .base import delivery_id
 from .base import to_datetime
+from .base import to_epoch
 from .tables import Tables
 
 
@@ -47,9 +48,9 @@ def deliveries(
     if event_id is not None:
         query = query.where(d.c.event_id == event_id)
     if since is not None:
-        query = query.where(d.c.created_at >= since.timestamp())
+        query = query.where(d.c.created_at >= to_epoch(since))
     if until is not None:
-        query = query.where(d.c.created_at < until.timestamp())
+        query = query.where(d.c.created_at < to_epoch(until))
     return [_record(row) for row in conn.execute(query)]
 
 

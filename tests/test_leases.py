@@ -1,0 +1,247 @@
+"""Leases on delivery rows (issue 3): who may run an attempt, what a claim
+counts, and how a delivery that cannot run still ends as a dead letter.
+
+Every test runs on a SQLite file and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from flask_postreg import hook_failed
+
+from .conftest import BOTH_DATABASES
+from .outbox import deliveries
+from .outbox import due_deliveries
+from .outbox import make_event
+from .outbox import row
+from .outbox import store
+from .outbox import written_deliveries
+
+both = pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)
+
+
+class Vanishing:
+    """A backend that takes every job and never runs it: the process holding
+    the leases dies before any attempt ends."""
+
+    def __init__(self):
+        self.taken = []
+
+    def capacity(self):
+        return 100
+
+    def submit(self, delivery):
+        self.taken.append(delivery)
+        return True
+
+
+def end_leases(s):
+    """Every lease ends now (what waiting for hook timeout + grace would do)."""
+    d = s.t.deliveries
+    with s.engine.begin() as conn:
+        conn.execute(
+            sa.update(d)
+            .where(d.c.status == "running")
+            .values(locked_until=0.0, next_attempt_at=0.0)
+        )
+
+
+@both
+def test_stale_worker_cannot_overwrite_a_newer_outcome(make_app):
+    app, state, s, (old,) = written_deliveries(make_app, 1)
+    assert old.claim == 1
+    s.release([old.row_id])  # its lease ended (the queue refused it, a slow worker)
+    (new,) = s.claim_due(state.hooks(), 10)  # another worker claims it: claim 2
+    # Released unrun, so the attempt its pre-lease counted was given back.
+    assert (new.row_id, new.claim, new.attempt) == (old.row_id, 2, 1)
+
+    state.dispatcher.finish(old, RuntimeError("late and stale"), 1.0)
+    d = row(app, old.row_id)
+    assert (d.status, d.claim, d.attempts, d.error) == ("running", 2, 1, None)
+    assert s.claim_retry(old.next()) is None  # nor can it take the row back
+
+    state.dispatcher.finish(new, None, 0.5)
+    d = row(app, old.row_id)
+    assert (d.status, d.claim, d.attempts) == ("succeeded", 2, 1)
+    state.dispatcher.finish(old, RuntimeError("even later"), 1.0)
+    assert row(app, old.row_id).status == "succeeded"
+
+
+@both
+def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
+    """A claimed delivery that waited in the queue until its lease could end
+    mid-attempt is skipped (another process may claim it, never run it alongside)
+    and handed back without counting the attempt it never made."""
+    app, postreg = make_app(POSTREG_HOOK_TIMEOUT=10.0)
+    postreg.hook(lambda u, c: None, name="h")
+    state = app.extensions["postreg"]
+    s = store(app)
+    with s.engine.begin() as conn:
+        (first,) = s.write(conn, [make_event(1)], state.hooks())
+    assert s.prepare(first) is first
+    s.release([first.row_id])
+    (claimed,) = s.claim_due(state.hooks(), 10)
+    assert s.prepare(claimed) is claimed
+    late = dataclasses.replace(claimed, lease_until=time.time() + 5)
+    assert s.prepare(late) is None
+    # Handed back, due now, and the attempt that never ran is not counted.
+    assert row(app, first.row_id).attempts == claimed.attempt - 1
+    (again,) = s.claim_due(state.hooks(), 10)
+    assert (again.attempt, again.claim) == (claimed.attempt, claimed.claim + 1)
+
+
+@both
+def test_release_takes_any_number_of_ids(make_app):
+    """The poller releases every id the queue refused in one call: more than
+    SQLite's bound-variable limit must work (one primary-key lookup each)."""
+    _app, state, s, (refused,) = written_deliveries(make_app, 1)
+    s.release([f"evt_{i:032x}:h" for i in range(40_000)] + [refused.row_id, "junk"])
+    (again,) = s.claim_due(state.hooks(), 10)
+    assert again.row_id == refused.row_id
+
+
+@both
+def test_claim_due_takes_at_most_limit(make_app):
+    """PostgreSQL once claimed every due row per poll (a rescanned LIMIT subquery)."""
+    _app, state, s = due_deliveries(make_app, 50)
+    first = s.claim_due(state.hooks(), 20)
+    second = s.claim_due(state.hooks(), 20)
+    third = s.claim_due(state.hooks(), 20)
+    assert [len(first), len(second), len(third)] == [20, 20, 10]
+    ids = [d.row_id for d in first + second + third]
+    assert len(set(ids)) == 50
+    assert s.claim_due(state.hooks(), 20) == []
+
+
+def test_poller_query_uses_the_partial_due_index(make_app):
+    """SQLite uses a partial index only for a query that spells its condition the
+    same way (literals, not bound values); otherwise every poll scans the table."""
+    _app, state, s = due_deliveries(make_app, 3)
+    seen = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE"):
+            seen.append((statement, parameters))
+
+    sa.event.listen(s.engine, "before_cursor_execute", grab)
+    try:
+        assert len(s.claim_due(state.hooks(), 10)) == 3
+    finally:
+        sa.event.remove(s.engine, "before_cursor_execute", grab)
+    ((statement, parameters),) = seen
+    with s.engine.connect() as conn:
+        plan = [
+            row[-1]
+            for row in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + statement, parameters
+            )
+        ]
+    assert any("ix_postreg_deliveries_due" in step for step in plan), plan
+    assert not any(step.startswith("SCAN postreg_deliveries") for step in plan), plan
+
+
+@both
+def test_poller_hands_back_what_the_queue_refuses(make_app):
+    """A claim the backend cannot queue is released at once, its attempt given
+    back, instead of sitting on its lease (hook timeout + grace) unrun."""
+    app, state, s = due_deliveries(make_app, 5)
+
+    class FullAfterTwo:
+        def __init__(self):
+            self.taken = []
+
+        def capacity(self):
+            return 5
+
+        def submit(self, delivery):
+            if len(self.taken) < 2:
+                self.taken.append(delivery)
+                return True
+            return False
+
+    backend = FullAfterTwo()
+    assert state.poller.poll_once(backend) == 2
+    rows = {d.id: d for d in deliveries(app)}
+    taken = {d.row_id for d in backend.taken}
+    for row_id, d in rows.items():
+        if row_id in taken:
+            assert (d.attempts, d.claim) == (1, 2) and d.locked_until > time.time()
+        else:
+            assert (d.attempts, d.claim, d.locked_until) == (0, 2, 0.0)
+    again = s.claim_due(state.hooks(), 10)
+    assert {d.row_id for d in again} == set(rows) - taken
+    assert {d.attempt for d in again} == {1}
+
+
+@both
+def test_a_refused_pre_lease_gives_its_attempt_back(make_app):
+    """A registration's pre-lease counts attempt 1 before anything runs; when
+    the queue refuses the job, that attempt never ran and the next run is still
+    attempt 1 of the budget (and the last one allowed ends dead, not earlier)."""
+    app, state, s, (written,) = written_deliveries(make_app, 1, max_attempts=2)
+    s.release([written.row_id])
+    assert row(app, written.row_id).attempts == 0
+    (first,) = s.claim_due(state.hooks(), 10)
+    assert first.attempt == 1
+    assert state.dispatcher.finish(first, RuntimeError("down"), 0.1).status == "pending"
+    end_leases(s)
+    (second,) = s.claim_due(state.hooks(), 10)
+    assert second.attempt == 2
+    assert state.dispatcher.finish(second, RuntimeError("down"), 0.1).status == "dead"
+    assert row(app, written.row_id).attempts == 2
+
+
+@both
+def test_a_delivery_whose_leases_keep_expiring_ends_dead(make_app, caplog):
+    """A hook that kills its process at every attempt (or an outcome that can
+    never be written) would be claimed again at every lease end, for ever. An
+    expired lease is forgiven once (the attempt it counted may never have run);
+    past max_attempts + 1 claims the delivery is dead, through the usual path:
+    an ERROR, the ``hook_failed`` signal, the recorded outcome."""
+    app, state, s, (written,) = written_deliveries(make_app, 1, max_attempts=2)
+    failed = []
+
+    def on_failed(sender, event, hook, attempt, error, final, **extra):
+        failed.append((hook, attempt, type(error).__name__, final))
+
+    backend = Vanishing()
+    with (
+        hook_failed.connected_to(on_failed, app),
+        caplog.at_level(logging.ERROR, logger="flask_postreg"),
+    ):
+        for _ in range(5):
+            end_leases(s)
+            state.poller.poll_once(backend)
+    # The registration's pre-lease, then two claims (the budget plus one).
+    assert [d.attempt for d in backend.taken] == [2, 3]
+    d = row(app, written.row_id)
+    assert (d.status, d.attempts, d.error_class) == ("dead", 3, "LeaseExpired")
+    assert "expired without an outcome" in d.error
+    assert d.locked_until is None
+    assert failed == [("h", 3, "LeaseExpired", True)]
+    assert any(written.event.id in r.getMessage() for r in caplog.records)
+
+
+@both
+def test_a_delivery_whose_event_cannot_be_read_ends_dead(make_app, caplog):
+    """A claimed row whose event payload is unreadable cannot run: it is dead at
+    once, with the reason, instead of being claimed at every lease end."""
+    app, state, s, (written,) = written_deliveries(make_app, 1)
+    e = s.t.events
+    with s.engine.begin() as conn:
+        conn.execute(sa.update(e).values(payload="{not json"))
+    end_leases(s)
+    with caplog.at_level(logging.ERROR, logger="flask_postreg"):
+        assert s.claim_due(state.hooks(), 10) == []
+    d = row(app, written.row_id)
+    assert (d.status, d.attempts, d.error_class) == ("dead", 1, "UnreadableEvent")
+    assert written.event.id in caplog.text
+    end_leases(s)
+    assert s.claim_due(state.hooks(), 10) == []
+    assert row(app, written.row_id).status == "dead"
