@@ -93,7 +93,7 @@ def run(
         finished = state.backend.shutdown(shutdown_timeout)
         released = 0
         if not finished:
-            unfinished: list[Delivery] = getattr(state.backend, "unfinished", list)()
+            unfinished: list[Delivery] = getattr(state.backend, "withdraw", list)()
             released = store.hand_back(unfinished)
         echo(
             f"postreg worker: stopped; {released} unfinished delivery(ies) left pending"

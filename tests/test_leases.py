@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 
 import pytest
@@ -16,6 +17,8 @@ import sqlalchemy as sa
 from flask_postreg import hook_failed
 
 from .conftest import BOTH_DATABASES
+from .models import Account
+from .models import db
 from .outbox import deliveries
 from .outbox import due_deliveries
 from .outbox import make_event
@@ -39,6 +42,12 @@ class Vanishing:
     def submit(self, delivery):
         self.taken.append(delivery)
         return True
+
+
+def register(app, email):
+    with app.app_context():
+        db.session.add(Account(email=email))
+        db.session.commit()
 
 
 def end_leases(s):
@@ -94,6 +103,22 @@ def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
     assert row(app, first.row_id).attempts == claimed.attempt - 1
     (again,) = s.claim_due(state.hooks(), 10)
     assert (again.attempt, again.claim) == (claimed.attempt, claimed.claim + 1)
+
+
+@both
+def test_an_attempt_must_fit_its_lease_with_a_margin(make_app):
+    """Just fitting is not enough: the watchdog may notice a timeout up to a
+    second late, and another process may claim the row at the lease's end."""
+    app, postreg = make_app(POSTREG_HOOK_TIMEOUT=10.0)
+    postreg.hook(lambda u, c: None, name="h")
+    state = app.extensions["postreg"]
+    s = store(app)
+    with s.engine.begin() as conn:
+        (first,) = s.write(conn, [make_event(1)], state.hooks())
+    tight = dataclasses.replace(first, lease_until=time.time() + 10.5)
+    assert s.prepare(tight) is None
+    roomy = dataclasses.replace(first, lease_until=time.time() + 12.0)
+    assert s.prepare(roomy) is roomy
 
 
 @both
@@ -245,3 +270,47 @@ def test_a_delivery_whose_event_cannot_be_read_ends_dead(make_app, caplog):
     end_leases(s)
     assert s.claim_due(state.hooks(), 10) == []
     assert row(app, written.row_id).status == "dead"
+
+
+@both
+def test_a_stopping_worker_starts_nothing_it_handed_back(make_app):
+    """A worker whose running hook outlasts the shutdown timeout hands back
+    everything unfinished; the queued deliveries leave its queue, so they do
+    not start here after another worker may have claimed them."""
+    from flask_postreg import worker
+
+    app, postreg = make_app(
+        POSTREG_RUN_IN_WEB=False, POSTREG_MAX_WORKERS=1, POSTREG_POLL_INTERVAL=0.05
+    )
+    started, gate = threading.Event(), threading.Event()
+    calls = []
+
+    def gated(user, context):
+        calls.append(user.email)
+        started.set()
+        gate.wait(30)
+
+    postreg.hook(gated, name="gated")
+    for i in range(3):
+        register(app, f"u{i}@example.com")
+    state = app.extensions["postreg"]
+    stop = threading.Event()
+    released = []
+    runner = threading.Thread(
+        target=lambda: released.append(
+            worker.run(state, shutdown_timeout=0.1, stop=stop, echo=lambda _: None)
+        )
+    )
+    runner.start()
+    try:
+        assert started.wait(10)
+        stop.set()
+        runner.join(30)
+        assert released == [3]
+    finally:
+        gate.set()
+    assert state.backend.join(10)
+    assert len(calls) == 1
+    assert (
+        sorted((d.status, d.attempts) for d in deliveries(app)) == [("pending", 0)] * 3
+    )

@@ -157,11 +157,18 @@ class ThreadBackend:
         with self._cond:
             return len(self._queue)
 
-    def unfinished(self) -> list[Delivery]:
-        """Deliveries queued or running now (for a worker releasing its leases)."""
+    def withdraw(self) -> list[Delivery]:
+        """Deliveries queued or running now, for a stopping worker to hand back;
+        the queued ones are taken out of the queue so that no thread starts
+        them after they were handed back (another process may run them)."""
         with self._cond:
+            queued = list(self._queue)
+            self._queue.clear()
+            self._pending -= len(queued)
+            if self._pending <= 0:
+                self._wake_all()
             running = [r.delivery for r in self._running.values() if not r.abandoned]
-            return [*self._queue, *running]
+            return [*queued, *running]
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued, running or due for retry; False on timeout."""

@@ -242,7 +242,11 @@ class DatabaseStore(Store):
         if delivery.lease_until is not None:  # pre-leased, or claimed by a poller
             # Start only if the attempt can end (hook timeout) within the lease:
             # past it another process's poller may claim the row and run it too.
-            if time.time() + (delivery.hook.timeout or 0) > delivery.lease_until:
+            # The margin covers the watchdog noticing a timeout up to a second
+            # late, and the outcome's batch.
+            margin = min(1.0, self.lease_grace / 2)
+            end = time.time() + (delivery.hook.timeout or 0) + margin
+            if end > delivery.lease_until:
                 # It waited too long in the queue. Give the row back, due now and
                 # its attempt not counted (it never ran), unless a poller has
                 # claimed it since (the claim token no longer matches).
