@@ -336,6 +336,23 @@ def test_check_warns_of_an_index_of_an_earlier_layout(app, postreg, recorder):
     assert "ix_postreg_events_run_id is missing" in invoke(app, "check").output
 
 
+def test_check_warns_of_an_index_that_is_no_longer_partial(app, postreg, recorder):
+    """The poller's index as an earlier version made it: the same columns, but
+    over every delivery instead of those in flight."""
+    with app.app_context():
+        db.session.execute(sa.text("DROP INDEX ix_postreg_deliveries_due"))
+        db.session.execute(
+            sa.text(
+                "CREATE INDEX ix_postreg_deliveries_due"
+                " ON postreg_deliveries (status, next_attempt_at)"
+            )
+        )
+        db.session.commit()
+    result = invoke(app, "check")
+    assert result.exit_code == 0, result.output
+    assert "ix_postreg_deliveries_due is not partial (WHERE status IN" in result.output
+
+
 def test_check_ping_exit_2_when_an_endpoint_is_down(make_app):
     port = closed_port()
     with socket.socket() as listener:

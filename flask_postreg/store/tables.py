@@ -148,9 +148,14 @@ def table_problems(
 
 
 def index_problems(inspector: Any, tables: Iterable[sa.Table]) -> list[str]:
-    """Indexes of ``tables`` missing, or on other columns or uniqueness than this
-    version declares (made by an earlier version): rows are still written, but
-    a guarantee or a speed-up the index gives is missing."""
+    """Indexes of ``tables`` missing, or on other columns, uniqueness or
+    partiality than this version declares (made by an earlier version): rows are
+    still written, but a guarantee or a speed-up the index gives is missing.
+
+    A partial index's condition is compared for presence only: PostgreSQL
+    reflects it rewritten (``status::text = ANY (ARRAY[...])``).
+    """
+    dialect = inspector.dialect.name
     problems = []
     for table in tables:
         found = {
@@ -160,11 +165,29 @@ def index_problems(inspector: Any, tables: Iterable[sa.Table]) -> list[str]:
         for index in table.indexes:
             columns = [c.name for c in index.columns]
             have = found.get(index.name)
+            unique = "unique " if index.unique else ""
+            where = _where(index, dialect)
+            shape = f"{unique}({', '.join(columns)})"
             if have is None:
                 problems.append(f"{index.name} is missing")
             elif list(have["column_names"]) != columns or bool(have["unique"]) != bool(
                 index.unique
             ):
-                unique = "unique " if index.unique else ""
-                problems.append(f"{index.name} is not {unique}({', '.join(columns)})")
+                problems.append(f"{index.name} is not {shape}")
+            elif (where is None) != (
+                (have.get("dialect_options") or {}).get(f"{dialect}_where") is None
+            ):
+                only = "not partial" if where is None else f"partial (WHERE {where})"
+                problems.append(f"{index.name} is not {only}")
     return problems
+
+
+def _where(index: sa.Index, dialect: str) -> str | None:
+    """The declared condition of a partial index on ``dialect``, or None."""
+    options = index.dialect_options.get(dialect) if dialect in _PARTIAL else None
+    where = options.get("where") if options is not None else None
+    return None if where is None else str(where)
+
+
+#: Dialects whose partial indexes SQLAlchemy reflects (``<name>_where``).
+_PARTIAL = ("sqlite", "postgresql")
