@@ -112,13 +112,17 @@ def make_event(i: int) -> Event:
 
 
 def written_deliveries(
-    make_app: Any, n: int, hook: str = "h", **options: Any
+    make_app: Any,
+    n: int,
+    hook: str = "h",
+    config: dict[str, Any] | None = None,
+    **options: Any,
 ) -> tuple[Any, ...]:
-    """An app with one no-op ``hook`` (``options`` are the hook's) and ``n``
-    deliveries of it written straight to the outbox, pre-leased as a
+    """An app (``config``) with one no-op ``hook`` (``options`` are the hook's)
+    and ``n`` deliveries of it written straight to the outbox, pre-leased as a
     registration writes them (and not queued): ``(app, state, store,
     deliveries)``."""
-    app, postreg = make_app()
+    app, postreg = make_app(**(config or {}))
     postreg.hook(lambda user, context: None, name=hook, **options)
     state = app.extensions["postreg"]
     hooks = [h for h in state.hooks() if h.name == hook]

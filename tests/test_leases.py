@@ -21,9 +21,7 @@ from .models import Account
 from .models import db
 from .outbox import deliveries
 from .outbox import due_deliveries
-from .outbox import make_event
 from .outbox import row
-from .outbox import store
 from .outbox import written_deliveries
 
 both = pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)
@@ -87,12 +85,9 @@ def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
     """A claimed delivery that waited in the queue until its lease could end
     mid-attempt is skipped (another process may claim it, never run it alongside)
     and handed back without counting the attempt it never made."""
-    app, postreg = make_app(POSTREG_HOOK_TIMEOUT=10.0)
-    postreg.hook(lambda u, c: None, name="h")
-    state = app.extensions["postreg"]
-    s = store(app)
-    with s.engine.begin() as conn:
-        (first,) = s.write(conn, [make_event(1)], state.hooks())
+    app, state, s, (first,) = written_deliveries(
+        make_app, 1, config={"POSTREG_HOOK_TIMEOUT": 10.0}
+    )
     assert s.prepare(first) is first
     s.release([first.row_id])
     (claimed,) = s.claim_due(state.hooks(), 10)
@@ -109,12 +104,9 @@ def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
 def test_an_attempt_must_fit_its_lease_with_a_margin(make_app):
     """Just fitting is not enough: the watchdog may notice a timeout up to a
     second late, and another process may claim the row at the lease's end."""
-    app, postreg = make_app(POSTREG_HOOK_TIMEOUT=10.0)
-    postreg.hook(lambda u, c: None, name="h")
-    state = app.extensions["postreg"]
-    s = store(app)
-    with s.engine.begin() as conn:
-        (first,) = s.write(conn, [make_event(1)], state.hooks())
+    _app, _state, s, (first,) = written_deliveries(
+        make_app, 1, config={"POSTREG_HOOK_TIMEOUT": 10.0}
+    )
     tight = dataclasses.replace(first, lease_until=time.time() + 10.5)
     assert s.prepare(tight) is None
     roomy = dataclasses.replace(first, lease_until=time.time() + 12.0)

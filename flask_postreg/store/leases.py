@@ -132,20 +132,7 @@ def hand_back(
 ) -> int:
     """Unfinished claims (:func:`claim_rows`) back to pending, due now, the
     attempt not counted and a new claim token; how many rows changed."""
-    stmt = (
-        sa.update(d)
-        .where(still_held(d))
-        .values(
-            status=PENDING,
-            attempts=sa.case((d.c.attempts > 0, d.c.attempts - 1), else_=0),
-            claim=d.c.claim + 1,
-            locked_until=None,
-            next_attempt_at=now,
-            updated_at=now,
-        )
-    )
-    # One by one: executemany reports no reliable rowcount everywhere.
-    return sum(int(conn.execute(stmt, row).rowcount or 0) for row in rows)
+    return _end_claims(conn, d, rows, now, status=PENDING, claim=d.c.claim + 1)
 
 
 def bury(
@@ -156,22 +143,33 @@ def bury(
     error: str,
     now: float,
 ) -> None:
-    """Make claimed rows (:func:`claim_rows`) dead without running them, the
-    attempt the claim counted given back: for a delivery that cannot run."""
+    """Make claimed rows (:func:`claim_rows`) dead without running them: for a
+    delivery that cannot run."""
+    _end_claims(conn, d, rows, now, status=DEAD, error_class=error_class, error=error)
+
+
+def _end_claims(
+    conn: sa.Connection,
+    d: sa.Table,
+    rows: list[dict[str, Any]],
+    now: float,
+    **values: Any,
+) -> int:
+    """Claims that will not run here: no lease, the attempt the claim counted
+    given back, and ``values``; how many rows changed."""
     stmt = (
         sa.update(d)
         .where(still_held(d))
         .values(
-            status=DEAD,
             attempts=sa.case((d.c.attempts > 0, d.c.attempts - 1), else_=0),
             locked_until=None,
             next_attempt_at=now,
             updated_at=now,
-            error_class=error_class,
-            error=error,
+            **values,
         )
     )
-    conn.execute(stmt, rows)
+    # One by one: executemany reports no reliable rowcount everywhere.
+    return sum(int(conn.execute(stmt, row).rowcount or 0) for row in rows)
 
 
 def claim_due(
