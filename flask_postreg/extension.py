@@ -237,15 +237,18 @@ class PostReg:
         if not run:
             state.committed(marks)
             return event
-        state.read_switches()
-        hooks = state.hooks()
-        deliveries = [Delivery(event=event, hook=h) for h in hooks]
         if isinstance(state.store, DatabaseStore):
             with state.store.engine.begin() as conn:
                 if state.store.tables_present(conn):
+                    state.read_switches(conn)
                     deliveries = state.store.write(
-                        conn, [event], hooks, leased=state.run_here
+                        conn, [event], state.hooks(), leased=state.run_here
                     )
+                else:
+                    deliveries = [Delivery(event=event, hook=h) for h in state.hooks()]
+        else:
+            state.read_switches()
+            deliveries = [Delivery(event=event, hook=h) for h in state.hooks()]
         state.committed(marks + deliveries)
         return event
 

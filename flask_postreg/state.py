@@ -223,34 +223,44 @@ class _State:
         self._settings = value
         self._settings_version += 1
 
-    def refresh_settings(self, *, force: bool = True) -> None:
-        """Reload run-time enable/disable switches from the store."""
+    def refresh_settings(
+        self, *, force: bool = True, connection: sa.Connection | None = None
+    ) -> None:
+        """Reload run-time enable/disable switches from the store (on
+        ``connection``, in its transaction, when given)."""
         now = time.monotonic()
         if not force and now - self._settings_at < self.values["POLL_INTERVAL"]:
             return
         self._settings_at = now
         try:
-            if self.store.durable and not self.tables_ready():
+            if connection is None and self.store.durable and not self.tables_ready():
                 return
             # One refresh at a time: the poller's read, older than a switch just
             # made, must not land after the read that saw the switch.
             with self._settings_lock:
-                self.settings = self.store.hook_settings()
+                self.settings = self.store.hook_settings(connection)
         except Exception as exc:
             logger.error(
                 "flask-postreg could not read hook settings (%s)", type(exc).__name__
             )
 
-    def read_switches(self) -> None:
+    def read_switches(self, connection: sa.Connection | None = None) -> None:
         """Before deliveries are made: the run-time switches, read here when no
         poller of this process keeps them fresh (``POSTREG_RUN_IN_WEB = False``,
         the sync backend, the memory store) or before its first round, so that
         ``flask postreg enable/disable`` reaches every process within
-        ``POSTREG_POLL_INTERVAL``. One read per interval at most."""
+        ``POSTREG_POLL_INTERVAL``. One read per interval at most.
+
+        With the database store only on ``connection``, the registration's own:
+        a second connection inside its transaction could wait for a pool that
+        has none to spare, or (a static pool) be the same one and roll it back.
+        """
         polled = self.poller is not None and self.values["BACKEND"] != "sync"
         if self._settings_at and self.run_here and polled:
             return  # the poller reads them every round
-        self.refresh_settings(force=False)
+        if connection is None and self.store.durable:
+            return
+        self.refresh_settings(force=False, connection=connection)
 
     # -- capture -----------------------------------------------------------
 
@@ -296,14 +306,16 @@ class _State:
         marks, run = recording.marks(self, events)
         if not run:
             return marks
-        self.read_switches()
-        hooks = self.hooks()
         if isinstance(self.store, DatabaseStore):
             connection = session.connection(bind_arguments={"mapper": self.mapper})
             if self.store.tables_present(connection):
+                self.read_switches(connection)
                 return marks + self.store.write(
-                    connection, events, hooks, leased=self.run_here
+                    connection, events, self.hooks(), leased=self.run_here
                 )
+        else:
+            self.read_switches()
+        hooks = self.hooks()
         return marks + [Delivery(event=e, hook=h) for e in events for h in hooks]
 
     # -- dispatch ----------------------------------------------------------

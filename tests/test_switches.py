@@ -4,14 +4,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from .conftest import BOTH_DATABASES
 from .conftest import Recorder
 from .models import Account
 from .models import db
+from .outbox import accounts
 from .outbox import deliveries
 from .outbox import events
 
@@ -64,6 +67,36 @@ def test_the_first_registration_of_a_process_applies_the_switches(make_app):
     assert hooks_written(app, "ann@example.com") == ["on"]
 
 
+@both
+def test_switches_are_read_on_the_registrations_own_connection(make_app, caplog):
+    """Read inside the registration's transaction, on its connection: with a
+    static pool a second connection is the same one (closing it rolled the
+    user's row back, while its hooks still ran); with a pool of one there is
+    no second one (the read waited for the pool's timeout, then failed; here the
+    background threads wait for the request's connection instead)."""
+    for pool, backend in (
+        # One connection shared by every thread: hooks run inline.
+        ({"poolclass": sa.pool.StaticPool}, "sync"),
+        ({"pool_size": 1, "max_overflow": 0, "pool_timeout": 5}, "thread"),
+    ):
+        app, postreg = make_app(POSTREG_BACKEND=backend, SQLALCHEMY_ENGINE_OPTIONS=pool)
+        on, off = Recorder(), Recorder()
+        postreg.hook(on, name="on")
+        postreg.hook(off, name="off")
+        app.extensions["postreg"].store.set_enabled("off", False)
+        with caplog.at_level(logging.ERROR, logger="flask_postreg"):
+            register(app, "ann@example.com")
+            assert postreg.join(10)
+        assert caplog.records == [], pool
+        assert on.emails == ["ann@example.com"] and off.calls == [], pool
+        assert accounts(app) == {"ann@example.com": "1"}, pool
+        assert hooks_written(app, "ann@example.com") == ["on"], pool
+        postreg.shutdown(5)
+        with app.app_context():
+            db.engine.dispose()
+            db.drop_all()
+
+
 def test_a_stale_settings_read_never_lands_after_a_fresher_one(make_app, monkeypatch):
     """The poller read the switches (hook disabled), then ``enable`` ran and its
     refresh saw the hook enabled: the poller's older read must not land last.
@@ -76,8 +109,8 @@ def test_a_stale_settings_read_never_lands_after_a_fresher_one(make_app, monkeyp
     read, go, refreshed = threading.Event(), threading.Event(), threading.Event()
     real = store.hook_settings
 
-    def slow_poller_read():
-        settings = real()
+    def slow_poller_read(connection=None):
+        settings = real(connection)
         if threading.current_thread().name == "stale-poller":
             read.set()
             assert go.wait(10)

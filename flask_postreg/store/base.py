@@ -11,6 +11,8 @@ from typing import Any
 from ..errors import PostRegError
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from ..dispatch import Delivery
     from ..dispatch import Outcome
 
@@ -114,8 +116,9 @@ class Store:
         """Delete succeeded deliveries older than that (and their events)."""
         return 0
 
-    def hook_settings(self) -> dict[str, bool]:
-        """Hooks enabled or disabled at run time, by name."""
+    def hook_settings(self, connection: sa.Connection | None = None) -> dict[str, bool]:
+        """Hooks enabled or disabled at run time, by name (read on
+        ``connection``, in its transaction, when the store has tables)."""
         return {}
 
     def set_enabled(self, hook: str, enabled: bool) -> None:

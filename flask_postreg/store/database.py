@@ -433,7 +433,12 @@ class DatabaseStore(Store):
         with self.engine.begin() as conn:
             return queries.prune(conn, self.t, cutoff)
 
-    def hook_settings(self) -> dict[str, bool]:
+    def hook_settings(self, connection: sa.Connection | None = None) -> dict[str, bool]:
+        if connection is not None:
+            # In a SAVEPOINT: if the table is missing, PostgreSQL would abort
+            # the caller's whole transaction (a registration) instead.
+            with connection.begin_nested():
+                return queries.hook_settings(connection, self.t.hook_settings)
         with self.engine.connect() as conn:
             return queries.hook_settings(conn, self.t.hook_settings)
 

@@ -15,6 +15,8 @@ from .base import delivery_id
 from .base import to_epoch
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from ..dispatch import Outcome
 
 
@@ -122,7 +124,7 @@ class MemoryStore(Store):
         with self._lock:
             return {k: n for k, n in self._totals.items() if n > 0}
 
-    def hook_settings(self) -> dict[str, bool]:
+    def hook_settings(self, connection: sa.Connection | None = None) -> dict[str, bool]:
         with self._lock:
             return dict(self._settings)
 
