@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flask_postreg")
 
 _PENDING = "flask_postreg.pending"
+#: InstanceState -> event id of the users captured in the session's transaction.
+_CAPTURED = "flask_postreg.captured"
 _install_lock = threading.Lock()
 
 Pending = dict[SessionTransaction, list[tuple["_State", "Delivery"]]]
@@ -56,8 +58,11 @@ def after_flush(session: Session, flush_context: Any) -> None:
     if state is None:
         return
     model = state.user_model
-    # Only rows this flush inserted (flush(objects=[...]) leaves others pending).
+    # Only rows this flush wrote (flush(objects=[...]) leaves others pending).
     flushed = getattr(flush_context, "states", None)
+    captured: dict[Any, str] | None = session.info.get(_CAPTURED)
+    if captured and session.deleted:
+        _forget_deleted(state, session, flushed, captured)
     new = [
         obj
         for obj in session.new
@@ -66,7 +71,7 @@ def after_flush(session: Session, flush_context: Any) -> None:
     ]
     if not new:
         return
-    deliveries = state.capture(new, session)
+    deliveries, events = state.capture(new, session)
     if not deliveries:
         return
     transaction = session.get_nested_transaction() or session.get_transaction()
@@ -74,6 +79,27 @@ def after_flush(session: Session, flush_context: Any) -> None:
         return
     pending: Pending = session.info.setdefault(_PENDING, {})
     pending.setdefault(transaction, []).extend((state, d) for d in deliveries)
+    session.info.setdefault(_CAPTURED, {}).update(events)
+
+
+def _forget_deleted(
+    state: _State, session: Session, flushed: Any, captured: dict[Any, str]
+) -> None:
+    """Users captured earlier in this transaction and deleted by this flush were
+    never committed: drop their deliveries and (database mode) outbox rows."""
+    gone = set()
+    for obj in session.deleted:
+        key = instance_state(obj)
+        if flushed is None or key in flushed:
+            event_id = captured.pop(key, None)
+            if event_id is not None:
+                gone.add(event_id)
+    if not gone:
+        return
+    pending: Pending = session.info.get(_PENDING, {})
+    for transaction, items in pending.items():
+        pending[transaction] = [i for i in items if i[1].event.id not in gone]
+    state.forget(gone, session)
 
 
 def after_commit(session: Session) -> None:
@@ -88,25 +114,49 @@ def after_commit(session: Session) -> None:
                 pending.setdefault(nested.parent, []).extend(moved)
             return
         session.info.pop(_PENDING, None)
+        session.info.pop(_CAPTURED, None)
         items = [item for group in pending.values() for item in group]
-        bind = session.bind
-        if isinstance(bind, Connection) and bind.in_transaction():
-            # The session joined a transaction it does not own (Session(bind=conn)
-            # inside conn.begin()): the rows are committed only when that
-            # transaction is; hand over then, or drop on its rollback.
-            _defer(bind, items)
-            return
-        _hand_over(items)
+        ready = []
+        for state, group in _by_state(items):
+            outer = _outer_transaction(session, state)
+            if outer is None:
+                ready.extend(group)
+            else:
+                # The session joined a transaction it does not own
+                # (Session(bind=conn) or binds={User: conn} inside conn.begin()):
+                # the rows are committed only when that transaction is; hand
+                # over then, or drop on its rollback.
+                _defer(outer, group)
+        _hand_over(ready)
     except Exception:  # commit() must not raise for us: the row is committed
         logger.exception("flask-postreg could not hand committed registrations over")
 
 
+def _by_state(
+    items: list[tuple[_State, Delivery]],
+) -> list[tuple[_State, list[tuple[_State, Delivery]]]]:
+    """``items`` grouped by app state, in order."""
+    groups: dict[int, tuple[_State, list[tuple[_State, Delivery]]]] = {}
+    for item in items:
+        groups.setdefault(id(item[0]), (item[0], []))[1].append(item)
+    return list(groups.values())
+
+
+def _outer_transaction(session: Session, state: _State) -> Connection | None:
+    """The connection the user model is bound to, if it is in a transaction the
+    session did not begin (it committed only its own part of it)."""
+    bind = session.bind
+    if not isinstance(bind, Connection):
+        try:
+            bind = session.get_bind(mapper=state.mapper)
+        except Exception:  # no bind for the model: nothing was written
+            return None
+    return bind if isinstance(bind, Connection) and bind.in_transaction() else None
+
+
 def _hand_over(items: list[tuple[_State, Delivery]]) -> None:
-    by_state: dict[int, tuple[_State, list[Delivery]]] = {}
-    for state, delivery in items:
-        by_state.setdefault(id(state), (state, []))[1].append(delivery)
-    for state, deliveries in by_state.values():
-        state.committed(deliveries)
+    for state, group in _by_state(items):
+        state.committed([delivery for _, delivery in group])
 
 
 def _defer(connection: Connection, items: list[tuple[_State, Delivery]]) -> None:
@@ -132,6 +182,8 @@ def _outer_rollback(connection: Connection) -> None:
 
 
 def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the root ended: its users are settled
+        session.info.pop(_CAPTURED, None)
     pending: Pending | None = session.info.get(_PENDING)
     if not pending:
         return

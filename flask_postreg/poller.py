@@ -87,8 +87,10 @@ class Poller:
         """
         last = dataclasses.replace(delivery, attempt=delivery.attempt - 1)
         error = LeaseExpired(
-            f"the lease of attempt {last.attempt} expired without an outcome: the"
-            " process running it died or could not record it, too many times"
+            f"claimed for attempt {delivery.attempt} of"
+            f" {delivery.hook.max_attempts}: the leases of earlier attempts expired"
+            " without an outcome (the process running them died, or could not"
+            " record it), or max_attempts was lowered"
         )
         self.state.dispatcher.finish(last, error, 0.0)
         self.store.flush()  # now, not with the next batch: the row stays claimed

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 from flask import current_app
+from sqlalchemy.orm.attributes import instance_state
 
 from . import forksafe
 from . import recording
@@ -289,20 +290,38 @@ class _State:
         )
         return Event(id=event_id, user=user, context=context)
 
-    def capture(self, instances: list[Any], session: Session) -> list[Delivery]:
+    def capture(
+        self, instances: list[Any], session: Session
+    ) -> tuple[list[Delivery], dict[Any, str]]:
         """Called in ``after_flush``: snapshot, and in database mode write the outbox
-        rows on the flush's own connection (same transaction)."""
+        rows on the flush's own connection (same transaction). Returns the
+        deliveries, and the event id of each instance captured."""
         events = []
+        captured = {}
         for instance in instances:
             try:
-                events.append(self.snapshot(instance))
+                event = self.snapshot(instance)
             except Exception:
                 logger.exception(
                     "flask-postreg could not capture a new %s; its hooks will not run",
                     type(instance).__name__,
                 )
+                continue
+            events.append(event)
+            captured[instance_state(instance)] = event.id
         if not events:
-            return []
+            return [], {}
+        return self._deliveries_for(events, session), captured
+
+    def forget(self, event_ids: set[str], session: Session) -> None:
+        """Users captured earlier in this transaction and deleted in it before the
+        commit: their outbox rows go too (on the flush's connection)."""
+        if isinstance(self.store, DatabaseStore):
+            connection = session.connection(bind_arguments={"mapper": self.mapper})
+            if self.store.tables_present(connection):
+                self.store.forget(connection, event_ids)
+
+    def _deliveries_for(self, events: list[Event], session: Session) -> list[Delivery]:
         marks, run = recording.marks(self, events)
         if not run:
             return marks

@@ -282,6 +282,41 @@ def test_session_joined_to_an_outer_transaction_waits_for_it(
     assert registered(app, postreg, recorder) == expected
 
 
+@pytest.mark.parametrize("outer", ["commit", "rollback"])
+def test_session_with_the_model_bound_to_an_outer_transaction_waits_for_it(
+    app, postreg, recorder, outer
+):
+    """``Session(binds={User: conn})``: ``session.bind`` is None, the model's bind
+    is the connection, in a transaction the session did not begin."""
+    from sqlalchemy.orm import Session
+
+    with app.app_context(), db.engine.connect() as conn:
+        trans = conn.begin()
+        session = Session(binds={Account: conn})
+        session.add(Account(email="bound@example.com"))
+        session.commit()
+        session.close()
+        assert postreg.join(10)
+        assert recorder.emails == []
+        trans.commit() if outer == "commit" else trans.rollback()
+    expected = ["bound@example.com"] if outer == "commit" else []
+    assert registered(app, postreg, recorder) == expected
+
+
+def test_user_deleted_before_the_commit_fires_nothing(app, postreg, recorder):
+    """Added, flushed (captured, outbox rows written), deleted, committed: the
+    user never existed outside the transaction; its rows go with it. Another
+    user of the same transaction still fires."""
+    with app.app_context():
+        gone = Account(email="gone@example.com")
+        db.session.add_all([gone, Account(email="kept@example.com")])
+        db.session.flush()
+        db.session.delete(gone)
+        db.session.commit()
+    assert registered(app, postreg, recorder) == ["kept@example.com"]
+    assert [e["email"] for e in events(app)] == ["kept@example.com"]
+
+
 def test_flush_of_some_objects_captures_only_those(app, postreg, recorder):
     import warnings
 

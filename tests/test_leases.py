@@ -239,7 +239,7 @@ def test_a_delivery_whose_leases_keep_expiring_ends_dead(make_app, caplog):
     assert [d.attempt for d in backend.taken] == [2, 3]
     d = row(app, written.row_id)
     assert (d.status, d.attempts, d.error_class) == ("dead", 3, "LeaseExpired")
-    assert "expired without an outcome" in d.error
+    assert "expired without an outcome" in d.error, d.error
     assert d.locked_until is None
     assert failed == [("h", 3, "LeaseExpired", True)]
     assert any(written.event.id in r.getMessage() for r in caplog.records)

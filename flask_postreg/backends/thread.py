@@ -406,9 +406,15 @@ class ThreadBackend:
                 error = HookTimeout(
                     f"attempt exceeded the hook's timeout of {running.timeout:g}s"
                 )
-                outcome = self.dispatcher.finish(
-                    running.delivery, error, running.timeout
-                )
+                try:
+                    outcome = self.dispatcher.finish(
+                        running.delivery, error, running.timeout
+                    )
+                except Exception:  # never raises; if it did, keep the watchdog
+                    logger.exception("flask-postreg could not finish an attempt")
+                    with self._cond:
+                        self._finished_one()
+                    continue
                 self._done(running.delivery, outcome)
 
     def _after_fork(self) -> None:

@@ -220,6 +220,15 @@ class DatabaseStore(Store):
         self._insert(connection, self.t.deliveries, delivery_rows)
         return deliveries
 
+    def forget(self, connection: sa.Connection, event_ids: Iterable[str]) -> None:
+        """Delete the outbox rows of events written earlier in ``connection``'s
+        transaction whose user was deleted before the commit."""
+        ids = list(event_ids)
+        if ids:
+            d, e = self.t.deliveries, self.t.events
+            connection.execute(sa.delete(d).where(d.c.event_id.in_(ids)))
+            connection.execute(sa.delete(e).where(e.c.id.in_(ids)))
+
     def _insert(
         self, connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
     ) -> None:
