@@ -16,6 +16,7 @@ by ``current_app``: an app without the extension never fires.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import TYPE_CHECKING
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flask_postreg")
 
 _PENDING = "flask_postreg.pending"
+#: connection.info key: an _Outer (registrations waiting for that transaction).
+_OUTER = "flask_postreg.outer"
 #: InstanceState -> event id of the users captured in the session's transaction.
 _CAPTURED = "flask_postreg.captured"
 _install_lock = threading.Lock()
@@ -159,18 +162,39 @@ def _hand_over(items: list[tuple[_State, Delivery]]) -> None:
         state.committed([delivery for _, delivery in group])
 
 
+@dataclasses.dataclass
+class _Outer:
+    """Registrations waiting for a connection's transaction that a session joined.
+
+    Each batch is numbered as it arrives, and each SAVEPOINT of the connection
+    begun since the first batch remembers the number it began at (a stack:
+    savepoints end innermost first). Rolling one back drops exactly what arrived
+    inside it; one begun before the first batch holds all of them.
+    """
+
+    items: list[tuple[int, tuple[_State, Delivery]]] = dataclasses.field(
+        default_factory=list
+    )
+    seq: int = 0
+    savepoints: list[int] = dataclasses.field(default_factory=list)
+
+
 def _defer(connection: Connection, items: list[tuple[_State, Delivery]]) -> None:
-    connection.info.setdefault(_PENDING, []).extend(items)
-    for name, fn in (("commit", _outer_commit), ("rollback", _outer_rollback)):
-        if not event.contains(connection, name, fn):
-            event.listen(connection, name, fn)
+    outer: _Outer | None = connection.info.get(_OUTER)
+    if outer is None:
+        outer = connection.info[_OUTER] = _Outer()
+        for name, fn in _OUTER_LISTENERS:
+            if not event.contains(connection, name, fn):
+                event.listen(connection, name, fn)
+    outer.seq += 1
+    outer.items.extend((outer.seq, item) for item in items)
 
 
 def _outer_commit(connection: Connection) -> None:
-    items = connection.info.pop(_PENDING, None)
-    if items:
+    outer: _Outer | None = connection.info.pop(_OUTER, None)
+    if outer is not None and outer.items:
         try:
-            _hand_over(items)
+            _hand_over([item for _, item in outer.items])
         except Exception:  # the outer commit must not raise for us
             logger.exception(
                 "flask-postreg could not hand committed registrations over"
@@ -178,7 +202,35 @@ def _outer_commit(connection: Connection) -> None:
 
 
 def _outer_rollback(connection: Connection) -> None:
-    connection.info.pop(_PENDING, None)
+    connection.info.pop(_OUTER, None)
+
+
+def _outer_savepoint(connection: Connection, name: str | None) -> None:
+    outer: _Outer | None = connection.info.get(_OUTER)
+    if outer is not None:
+        outer.savepoints.append(outer.seq)
+
+
+def _outer_rollback_savepoint(connection: Connection, name: str, context: Any) -> None:
+    outer: _Outer | None = connection.info.get(_OUTER)
+    if outer is not None:
+        began = outer.savepoints.pop() if outer.savepoints else 0
+        outer.items = [(n, item) for n, item in outer.items if n <= began]
+
+
+def _outer_release_savepoint(connection: Connection, name: str, context: Any) -> None:
+    outer: _Outer | None = connection.info.get(_OUTER)
+    if outer is not None and outer.savepoints:  # its batches go to its parent
+        outer.savepoints.pop()
+
+
+_OUTER_LISTENERS = (
+    ("commit", _outer_commit),
+    ("rollback", _outer_rollback),
+    ("savepoint", _outer_savepoint),
+    ("rollback_savepoint", _outer_rollback_savepoint),
+    ("release_savepoint", _outer_release_savepoint),
+)
 
 
 def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:

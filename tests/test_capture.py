@@ -282,6 +282,35 @@ def test_session_joined_to_an_outer_transaction_waits_for_it(
     assert registered(app, postreg, recorder) == expected
 
 
+@pytest.mark.savepoints
+@pytest.mark.parametrize("savepoint", ["release", "rollback"])
+def test_a_savepoint_of_the_outer_transaction_decides_for_what_it_holds(
+    app, postreg, recorder, savepoint
+):
+    """A session joined to an outer transaction registers one user before the
+    outer code's SAVEPOINT and one inside it; rolling the savepoint back drops
+    the second only, releasing it keeps both (the outer commit decides)."""
+    from sqlalchemy.orm import Session
+
+    def register(conn, email):
+        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        session.add(Account(email=email))
+        session.commit()
+        session.close()
+
+    with app.app_context(), db.engine.connect() as conn:
+        trans = conn.begin()
+        register(conn, "before@example.com")
+        inner = conn.begin_nested()
+        register(conn, "inside@example.com")
+        inner.commit() if savepoint == "release" else inner.rollback()
+        trans.commit()
+    expected = ["before@example.com"]
+    if savepoint == "release":
+        expected.append("inside@example.com")
+    assert registered(app, postreg, recorder) == sorted(expected)
+
+
 @pytest.mark.parametrize("outer", ["commit", "rollback"])
 def test_session_with_the_model_bound_to_an_outer_transaction_waits_for_it(
     app, postreg, recorder, outer
