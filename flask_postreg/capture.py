@@ -119,18 +119,16 @@ def after_commit(session: Session) -> None:
         session.info.pop(_PENDING, None)
         session.info.pop(_CAPTURED, None)
         items = [item for group in pending.values() for item in group]
-        ready = []
         for state, group in _by_state(items):
             outer = _outer_transaction(session, state)
             if outer is None:
-                ready.extend(group)
+                state.committed([delivery for _, delivery in group])
             else:
                 # The session joined a transaction it does not own
                 # (Session(bind=conn) or binds={User: conn} inside conn.begin()):
                 # the rows are committed only when that transaction is; hand
                 # over then, or drop on its rollback.
                 _defer(outer, group)
-        _hand_over(ready)
     except Exception:  # commit() must not raise for us: the row is committed
         logger.exception("flask-postreg could not hand committed registrations over")
 
@@ -139,6 +137,9 @@ def _by_state(
     items: list[tuple[_State, Delivery]],
 ) -> list[tuple[_State, list[tuple[_State, Delivery]]]]:
     """``items`` grouped by app state, in order."""
+    first = items[0][0] if items else None
+    if all(item[0] is first for item in items):  # one app: the usual case
+        return [(first, items)] if first is not None else []
     groups: dict[int, tuple[_State, list[tuple[_State, Delivery]]]] = {}
     for item in items:
         groups.setdefault(id(item[0]), (item[0], []))[1].append(item)
