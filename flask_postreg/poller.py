@@ -7,6 +7,7 @@ process), refreshes which hooks are disabled, and prunes old successes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -59,16 +60,18 @@ class Poller:
         limit = min(BATCH, backend.capacity())
         started = 0
         refused = []
-        for delivery in self.store.claim_due(hooks, limit):
-            if delivery.attempt > (delivery.hook.max_attempts or 1) + 1:
-                self._bury(delivery)
-                continue
-            if backend.submit(delivery):
-                started += 1
-            else:  # the queue filled meanwhile: don't sit on the lease
-                refused.append(delivery)
-        if refused:
-            self.store.unclaim(refused)
+        # join() waits for the round: a row claimed here is not queued yet.
+        with getattr(backend, "busy", contextlib.nullcontext)():
+            for delivery in self.store.claim_due(hooks, limit):
+                if delivery.attempt > (delivery.hook.max_attempts or 1) + 1:
+                    self._bury(delivery)
+                    continue
+                if backend.submit(delivery):
+                    started += 1
+                else:  # the queue filled meanwhile: don't sit on the lease
+                    refused.append(delivery)
+            if refused:
+                self.store.unclaim(refused)
         now = time.monotonic()
         if now - self._last_prune > PRUNE_EVERY:
             self._last_prune = now

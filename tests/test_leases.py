@@ -306,3 +306,31 @@ def test_a_stopping_worker_starts_nothing_it_handed_back(make_app):
     assert (
         sorted((d.status, d.attempts) for d in deliveries(app)) == [("pending", 0)] * 3
     )
+
+
+@both
+def test_join_waits_for_a_poll_between_its_claim_and_its_submit(make_app):
+    """join() returned while the poller held a row it had claimed and not yet
+    queued: a caller saw it 'running' with nothing left to wait for (a CI
+    flake of the stored-errors test, whose retry the poller took over)."""
+    app, state, s = due_deliveries(make_app, 1)
+    claimed, go = threading.Event(), threading.Event()
+    real = s.claim_due
+
+    def slow_claim(hooks, limit):
+        taken = real(hooks, limit)
+        if taken:
+            claimed.set()
+            assert go.wait(10)
+        return taken
+
+    s.claim_due = slow_claim
+    postreg = state.ext
+    state.start()  # the pool and its poller, whose first round claims the row
+    try:
+        assert claimed.wait(10)
+        assert not postreg.join(0.2)
+    finally:
+        go.set()
+    assert postreg.join(10)
+    assert [(d.status, d.attempts) for d in deliveries(app)] == [("succeeded", 1)]

@@ -27,6 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .. import forksafe
@@ -129,6 +130,18 @@ class ThreadBackend:
             self._push_timer(delivery, delay)
             self._pending += 1
         return True
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Counts as one pending job meanwhile: the poller claims rows inside it,
+        so ``join()`` cannot return between a claim and its submit."""
+        with self._cond:
+            self._pending += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._finished_one()
 
     def start(self) -> bool:
         """Start the threads now (they otherwise start with the first job)."""
