@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +37,12 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)  # nan passes "<= 0"; neither is a time
+        or value <= 0
+    ):
         raise ConfigError(
             f"{PREFIX}{name} must be a number of seconds > 0, got {value!r}"
         )

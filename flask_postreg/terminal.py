@@ -32,7 +32,12 @@ def parse_when(text: str, *, now: _dt.datetime | None = None) -> _dt.datetime:
     match = _RELATIVE.match(value)
     if match:
         seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-        return now - _dt.timedelta(seconds=seconds)
+        try:
+            return now - _dt.timedelta(seconds=seconds)
+        except OverflowError:
+            raise ValueError(
+                f"{text!r} is further back than any date (year 1 at most)"
+            ) from None
     if value.lower() == "now":
         return now
     if value.lower() == "today":

@@ -60,6 +60,15 @@ def test_parse_when():
     assert parse_when("2024-05-01T10:00Z").tzinfo is not None
     with pytest.raises(ValueError, match="ISO date"):
         parse_when("yesterday-ish")
+    for huge in ("999999d", "99999999999999999999999h"):
+        with pytest.raises(ValueError, match="further back than any date"):
+            parse_when(huge, now=now)
+
+
+def test_a_time_out_of_range_is_a_usage_error(app, postreg):
+    result = invoke(app, "deliveries", "--since", "999999d")
+    assert result.exit_code == 2, result.output
+    assert "further back than any date" in result.output
 
 
 # -- hooks -----------------------------------------------------------------

@@ -44,6 +44,10 @@ def test_unknown_key_names_the_closest(bare_app):
     [
         ("POSTREG_MAX_WORKERS", 0, "whole number >= 1"),
         ("POSTREG_HOOK_TIMEOUT", "fast", "seconds > 0"),
+        # nan passed "<= 0" and then broke every registration's outbox write.
+        ("POSTREG_HOOK_TIMEOUT", float("nan"), "seconds > 0"),
+        ("POSTREG_WEBHOOK_TIMEOUT", float("inf"), "seconds > 0"),
+        ("POSTREG_MAIL_TIMEOUT", float("nan"), "seconds > 0"),
         ("POSTREG_BACKEND", "rq", "must be one of"),
         ("POSTREG_RETRY_SCHEDULE", [], "non-empty list"),
         ("POSTREG_SECRETS", "abc", "dict or a callable"),

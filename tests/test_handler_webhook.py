@@ -6,6 +6,8 @@ import base64
 import datetime as dt
 import json
 import logging
+import socket
+import threading
 import time
 from typing import Any
 
@@ -15,6 +17,7 @@ from standardwebhooks import Webhook
 from flask_postreg import ConfigError
 from flask_postreg import Context
 from flask_postreg import User
+from flask_postreg.handlers import _http
 from flask_postreg.handlers._http import DeadlineExceeded
 from flask_postreg.handlers.webhook import WebhookSender
 from tests.servers import RecordingServer
@@ -153,6 +156,55 @@ def test_total_deadline(http_server: RecordingServer) -> None:
     assert time.monotonic() - start < 5
 
 
+def test_total_deadline_counts_a_slow_name_lookup(monkeypatch: Any) -> None:
+    """The deadline passed while the name was still being looked up (no socket
+    to cut yet); the server then drips its status line a byte at a time. The
+    socket the late connect made is cut as soon as it exists."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                if stop.is_set():
+                    return
+                try:
+                    conn.send(bytes([byte]))
+                except OSError:
+                    return
+                stop.wait(0.1)
+
+    server = threading.Thread(target=drip, daemon=True)
+    server.start()
+    real = socket.getaddrinfo
+
+    def slow_lookup(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.6)  # a slow resolver: longer than the whole deadline
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    port = listener.getsockname()[1]
+    raised: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            _http.post(f"http://localhost:{port}/x", b"{}", {}, timeout=1, deadline=0.3)
+        except BaseException as exc:
+            raised.append(exc)
+
+    client = threading.Thread(target=post, daemon=True)
+    client.start()
+    client.join(10)
+    stop.set()
+    listener.close()
+    assert not client.is_alive(), "the attempt outlived its deadline"
+    assert [type(e) for e in raised] == [DeadlineExceeded]
+
+
 def test_secret_and_url_stay_out_of_logs_and_errors(
     app_factory: Any, http_server: RecordingServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -186,6 +238,61 @@ def test_bad_webhook_config_names_no_secret(app_factory: Any) -> None:
                 {"name": "crm", "url": "u", "secret": SECRET, "verify": False}
             ]
         )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"url": "https://x.test/a b?token=s3cr3t"}, "no spaces"),
+        ({"url": "ftp://x.test/h"}, "http:// or https://"),
+        ({"max_attempts": "3"}, "whole number >= 1"),
+        ({"max_attempts": 0}, "whole number >= 1"),
+        ({"timeout": "abc"}, "seconds > 0"),
+        ({"timeout": -5}, "seconds > 0"),
+        ({"timeout": float("nan")}, "seconds > 0"),
+        ({"headers": "X-Api-Key: k3y"}, "dict of header names"),
+        ({"headers": {"X-Api-Key": "k3y-from-a-file\n"}}, "without line breaks"),
+    ],
+)
+def test_each_webhook_option_is_checked_at_start(
+    app_factory: Any, option: dict[str, Any], message: str
+) -> None:
+    """Refused by init_app with the option named, instead of failing every
+    attempt later (a str max_attempts made finish() raise; a header with a
+    newline was refused by http.client, quoting the key in the stored error)."""
+    item = {"name": "crm", "url": "https://x.test/h", "secret": SECRET, **option}
+    with pytest.raises(ConfigError, match=message) as info:
+        app_factory(POSTREG_WEBHOOKS=[item])
+    assert "WEBHOOKS[0]" in str(info.value)
+    for secret in ("s3cr3t", "k3y", SECRET):
+        assert secret not in str(info.value)
+
+
+def test_header_values_and_the_url_query_are_scrubbed(
+    app_factory: Any, http_server: RecordingServer, caplog: Any
+) -> None:
+    """A hook error quoting a custom header value (an API key) or the URL's
+    token: neither reaches the log nor the stored error."""
+    http_server.script(Reply(500, b"rejected key k3y-123456 for token=t0k3n"))
+    app = app_factory(
+        POSTREG_WEBHOOKS=[
+            {
+                "name": "crm",
+                "url": http_server.url("/hooks/crm?token=t0k3n"),
+                "secret": SECRET,
+                "headers": {"X-Api-Key": "k3y-123456"},
+                "max_attempts": 1,
+            }
+        ]
+    )
+    with caplog.at_level(logging.WARNING, logger="flask_postreg"):
+        app.register(username="ann", email="ann@example.com")
+        assert app.postreg.join(10)
+    (outcome,) = app.outcomes()
+    assert outcome.status == "dead"
+    for secret in ("k3y-123456", "t0k3n"):
+        assert secret not in (outcome.error or "")
+        assert secret not in caplog.text
 
 
 def test_receiver_recipe_rejects_tampering(http_server: RecordingServer) -> None:

@@ -19,6 +19,8 @@ from ..config import check_bool
 from ..config import positive_float
 from ..config import register
 from ..dispatch import Hook
+from ._http import plain_headers
+from ._http import plain_url
 
 if TYPE_CHECKING:
     from ..state import _State
@@ -111,6 +113,28 @@ def _webhooks(name: str, value: Any) -> list[dict[str, Any]]:
         if hook in seen:
             raise ConfigError(f"{PREFIX}{name} names {hook!r} twice; names must differ")
         seen.add(hook)
+        where = f"{name}[{i}]"  # the webhook's options, never the URL or secret
+        if not plain_url(item["url"]):
+            raise ConfigError(
+                f"{PREFIX}{where}: 'url' must be an http:// or https:// URL with a"
+                " host and no spaces or control characters"
+            )
+        if item.get("timeout") is not None:
+            positive_float(f"{where}['timeout']", item["timeout"])
+        attempts = item.get("max_attempts")
+        if attempts is not None and (
+            isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1
+        ):
+            raise ConfigError(
+                f"{PREFIX}{where}['max_attempts'] must be a whole number >= 1,"
+                f" got {attempts!r}"
+            )
+        headers = item.get("headers")
+        if headers is not None and not plain_headers(headers):
+            raise ConfigError(
+                f"{PREFIX}{where}['headers'] must be a dict of header names to"
+                " text values, without line breaks"
+            )
         items.append(dict(item))
     return items
 

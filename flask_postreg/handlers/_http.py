@@ -140,6 +140,10 @@ def _exchange(
         conn.close()
 
 
+#: Seconds between looks for a socket that did not exist yet at the deadline.
+RECHECK = 0.05
+
+
 @contextlib.contextmanager
 def cutoff(
     get_socket: Callable[[], socket.socket | None], seconds: float
@@ -147,16 +151,23 @@ def cutoff(
     """Shut the socket down after ``seconds``: blocked reads and writes end at once.
 
     Yields an event that is set when the cut-off fired, so the caller can say
-    "deadline" instead of reporting a confusing connection reset.
+    "deadline" instead of reporting a confusing connection reset. If there is
+    no socket yet (a slow name lookup), it looks again every ``RECHECK``
+    seconds until there is one or the block ends: the socket a late connect
+    makes is shut down too.
     """
     expired = threading.Event()
+    done = threading.Event()
 
     def cut() -> None:
         expired.set()
-        sock = get_socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        while not done.is_set():
+            sock = get_socket()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                return
+            done.wait(RECHECK)
 
     timer = threading.Timer(seconds, cut)
     timer.daemon = True
@@ -164,7 +175,30 @@ def cutoff(
     try:
         yield expired
     finally:
+        done.set()
         timer.cancel()
+
+
+def plain_url(url: object) -> bool:
+    """An http(s) URL with a host and nothing http.client would refuse later
+    (whitespace, control characters): checked when configured, so a bad URL
+    fails at start-up with a message that does not quote it."""
+    if not isinstance(url, str) or any(c.isspace() or ord(c) < 32 for c in url):
+        return False
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def plain_headers(headers: object) -> bool:
+    """A dict of header names to text values, without line breaks (http.client
+    refuses them at send time, quoting the value: often a key)."""
+    return isinstance(headers, Mapping) and all(
+        isinstance(k, str)
+        and isinstance(v, str)
+        and bool(k.strip())
+        and not any(c in k + v for c in "\r\n\0")
+        for k, v in headers.items()
+    )
 
 
 def retry_after(value: str | None, *, now: _dt.datetime | None = None) -> float | None:

@@ -243,12 +243,14 @@ def send(settings: SMTPSettings, msg: EmailMessage, to_addrs: list[str]) -> None
         with cutoff(lambda: getattr(smtp, "sock", None), settings.deadline) as expired:
             try:
                 _exchange(smtp, settings, host, port, msg, to_addrs)
-            except (OSError, smtplib.SMTPServerDisconnected) as exc:
-                if expired.is_set():
+            except Exception as exc:
+                if expired.is_set():  # what failed read a cut-off connection
                     raise TimeoutError(
                         f"SMTP exchange with {host}:{port} exceeded its deadline of"
                         f" {settings.deadline:g}s"
                     ) from None
+                if not isinstance(exc, (OSError, smtplib.SMTPServerDisconnected)):
+                    raise
                 if isinstance(exc, ssl.SSLCertVerificationError):
                     raise ssl.SSLCertVerificationError(
                         f"the certificate of SMTP server {host}:{port} is not"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -68,10 +69,11 @@ class WebhookSender:
         headers: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(url, str) or not url.lower().startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError(f"webhook {name!r}: 'url' must start with https://")
+        if not _http.plain_url(url):
+            raise ValueError(
+                f"webhook {name!r}: 'url' must be an http:// or https:// URL with a"
+                " host and no spaces or control characters"
+            )
         try:
             self._signer = Webhook(secret)
         except Exception as exc:
@@ -85,10 +87,21 @@ class WebhookSender:
         self.url = url
         self.timeout = timeout
         self.ssl_context = ssl_context
+        if headers is not None and not _http.plain_headers(headers):
+            raise ValueError(
+                f"webhook {name!r}: 'headers' must be a dict of header names to"
+                " text values, without line breaks"
+            )
         self.headers = dict(headers or {})
         self.clock = clock
         raw = secret.removeprefix("whsec_") if isinstance(secret, str) else ""
-        self.scrub_values: tuple[str, ...] = tuple(s for s in (url, secret, raw) if s)
+        # The URL's query often carries a token, and header values are often
+        # keys: none of them may reach a log line or a stored error.
+        query = urllib.parse.urlsplit(url).query
+        hidden = (url, secret, raw, query, *self.headers.values())
+        self.scrub_values: tuple[str, ...] = tuple(
+            s for s in hidden if len(s.strip()) >= 4
+        )
 
     def __repr__(self) -> str:  # never the URL or the secret
         return f"<WebhookSender {self.hook_name!r}>"
