@@ -223,13 +223,14 @@ def test_secrets_never_logged_nor_stored(
     caplog.set_level(logging.DEBUG)
     http_server.script(Reply(500, b"oops"), Reply(404, b"no_service"))
     a = slack_app(app_factory, http_server)
-    a.register(username="ada", email="ada@example.com")
+    a.register(username="ada", email="ada@example.com", name="Ada Privateperson")
     assert a.postreg.join(10)
     assert "Sending a request" in caplog.text  # slack-sdk's DEBUG line did run
     for record in caplog.records:
         assert "sEcReTtOkEn123" not in record.getMessage()
     assert "sEcReTtOkEn123" not in caplog.text
     assert "ada@example.com" not in caplog.text
+    assert "Privateperson" not in caplog.text  # the message body is left out
     for outcome in a.outcomes():
         assert "sEcReTtOkEn123" not in (outcome.error or "")
     assert "sEcReTtOkEn123" not in repr(a.hooks())
@@ -266,6 +267,7 @@ def test_token_mode_posts_to_chat_post_message(
     assert body["text"] == "New User: Ada (ada@example.com)"
     assert a.outcomes()[0].status == "succeeded"
     assert "xoxb-0000-sEcReT" not in caplog.text
+    assert "Sending a request" in caplog.text and "Ada" not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -72,8 +72,14 @@ SDK_LOGGERS = (
 )
 
 
+#: Where slack-sdk's DEBUG lines start a request's or a response's body: the
+#: message, with the new user's name and whatever a template put in it.
+_BODY_MARKERS = (", body: ", ", body_params: ")
+
+
 class ScrubFilter(logging.Filter):
-    """Rewrite a record's message without webhook URLs, tokens and e-mail addresses."""
+    """Rewrite a record's message without webhook URLs, tokens, e-mail addresses
+    and message bodies (personal data)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         with _SECRETS_LOCK:
@@ -82,6 +88,11 @@ class ScrubFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken format: drop the args rather than leak them
             message = str(record.msg)
+        for marker in _BODY_MARKERS:
+            head, found, _ = message.partition(marker)
+            if found:  # the body and everything after it (headers: redacted)
+                message = f"{head}{found}(omitted by flask-postreg)"
+                break
         record.msg = scrub(message, secrets, limit=None)
         record.args = None
         return True
