@@ -48,7 +48,31 @@ def local(state: _State) -> list[Check]:
         results.append(Check("config", "configuration", False, str(exc)))
     results.extend(_store(state))
     results.extend(_hooks(state))
+    results.extend(_mail(state))
     return results
+
+
+def _mail(state: _State) -> list[Check]:
+    """A warning when the SMTP password would cross the network in clear."""
+    values = state.values
+    mails = values["MAIL_NOTIFY"] or values["MAIL_WELCOME"]
+    if not mails or not values["MAIL_USERNAME"]:
+        return []
+    if values["MAIL_USE_TLS"] or values["MAIL_USE_SSL"]:
+        return []
+    server = values["MAIL_SERVER"] or "localhost"
+    if server in ("localhost", "127.0.0.1", "::1"):
+        return []
+    return [
+        Check(
+            "config",
+            "mail",
+            True,
+            f"the SMTP login to {server} is sent unencrypted: set"
+            " POSTREG_MAIL_USE_TLS = True (STARTTLS) or POSTREG_MAIL_USE_SSL = True",
+            warning=True,
+        )
+    ]
 
 
 def _store(state: _State) -> list[Check]:

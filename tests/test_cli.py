@@ -389,6 +389,23 @@ def test_check_ping_exit_2_when_an_endpoint_is_down(make_app):
     assert data["exit"] == 2
 
 
+def test_check_warns_of_an_smtp_login_in_clear(make_app):
+    mail = {
+        "POSTREG_MAIL_NOTIFY": ["ops@example.com"],
+        "POSTREG_MAIL_SENDER": "noreply@example.com",
+        "POSTREG_MAIL_SERVER": "smtp.example.com",
+        "POSTREG_MAIL_USERNAME": "mailer",
+        "POSTREG_MAIL_PASSWORD": "pa55-w0rd",
+    }
+    app, _postreg = make_app(**mail)
+    result = invoke(app, "check")
+    assert result.exit_code == 0, result.output
+    assert "sent unencrypted" in result.output and "MAIL_USE_TLS" in result.output
+    assert "pa55-w0rd" not in result.output
+    app, _postreg = make_app(**mail, POSTREG_MAIL_USE_TLS=True)
+    assert "unencrypted" not in invoke(app, "check").output
+
+
 # -- replay (errors; the backfill itself is in test_cli_replay.py) -----------------
 
 
