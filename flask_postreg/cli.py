@@ -396,14 +396,21 @@ def replay_command(
         return
     verb = "would create" if dry_run else "created"
     click.echo(
-        f"run {result.run_id}: {result.users} user(s) in the window, {verb}"
-        f" {result.created} event(s) and {result.deliveries} delivery(ies) for"
-        f" {', '.join(result.hooks)}; {result.skipped} already replayed by this run."
+        f"run {result.run_id}: {result.users} user(s) created from {result.since}"
+        f" to {result.until}, {verb} {result.created} event(s) and"
+        f" {result.deliveries} delivery(ies) for {', '.join(result.hooks)};"
+        f" {result.skipped} already replayed by this run."
     )
+    if result.undated:
+        click.echo(
+            f"warning: {result.undated} user(s) have no creation time and are in no"
+            " window; emit their events with postreg.emit(user)."
+        )
     if not dry_run and result.created:
         click.echo(
             "A running app or `flask postreg worker` delivers them. Resume or"
-            f" repeat safely with --run-id {result.run_id}."
+            f" repeat safely with --run-id {result.run_id} --since {result.since}"
+            f" --until {result.until}."
         )
 
 

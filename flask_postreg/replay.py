@@ -7,7 +7,10 @@ to the outbox in one transaction per batch: events tagged with the run id,
 deliveries pending and due now, for the poller of a running app or
 ``flask postreg worker``. A user who already has an event with the same run id is
 skipped, so re-running an interrupted replay with its ``--run-id`` finishes it
-without duplicates; two replays of one run at once cannot both write a user's
+without duplicates (give it the same window: the first run prints it, resolved;
+``until`` defaults to the start of the run, so users registering meanwhile are
+left to their own live events); users with no creation time are counted, never
+selected; two replays of one run at once cannot both write a user's
 event (a unique index), the later one reads the batch again and skips it. Users
 whose ``id`` field is empty cannot be told apart and are written each time.
 """
@@ -45,6 +48,11 @@ class ReplayResult:
     skipped: int
     hooks: tuple[str, ...]
     dry_run: bool
+    #: The window, resolved (``until`` defaults to when the replay started).
+    since: str = ""
+    until: str = ""
+    #: Users with no creation time: never in a window, never replayed.
+    undated: int = 0
 
     @property
     def deliveries(self) -> int:
@@ -147,10 +155,14 @@ def replay(
             f"replay needs a single-column primary key on {model.__name__}"
         )
     pk = pks[0]
-    window = [column >= _bound(column, since)]
-    if until is not None:
-        window.append(column < _bound(column, until))
+    # Users registering while the replay runs get their own live events: an
+    # open window would give them a replayed one as well.
+    until = until or _dt.datetime.now(_dt.timezone.utc)
+    window = [column >= _bound(column, since), column < _bound(column, until)]
     session = state.db.session
+    undated = session.execute(
+        sa.select(sa.func.count()).select_from(model).where(column.is_(None))
+    ).scalar_one()
     total = session.execute(
         sa.select(sa.func.count()).select_from(model).where(*window)
     ).scalar_one()
@@ -209,4 +221,7 @@ def replay(
         skipped=skipped,
         hooks=tuple(h.name for h in hooks),
         dry_run=dry_run,
+        since=since.astimezone(_dt.timezone.utc).isoformat(),
+        until=until.astimezone(_dt.timezone.utc).isoformat(),
+        undated=int(undated),
     )

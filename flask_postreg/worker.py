@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from typing import Any
 
+from .backends import create as create_backend
 from .config import ConfigError
 from .config import register
 from .dispatch import Delivery
@@ -78,6 +79,12 @@ def run(
             previous[sig] = signal.signal(sig, on_signal)
     try:
         state.run_here = True
+        if state.backend.name != "thread" and state.poller is not None:
+            # The sync backend has no poller (it runs inline, for scripts and
+            # tests): a worker is nothing but its poller, so it gets a pool.
+            state.backend = create_backend(
+                "thread", state.dispatcher, state.values, background=state.poller.run
+            )
         state.refresh_settings()
         state.start()
         hooks = state.hooks()

@@ -8,11 +8,17 @@ import threading
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
 
 from example_app import create_app
 from example_app import db
 from example_app import postreg
 from example_app.models import User
+from flask_postreg import PostReg
 from flask_postreg.testing import record_events
 
 from .conftest import sqlite_savepoint_recipe
@@ -80,6 +86,7 @@ def test_replay_twice_with_the_same_run_id_creates_no_duplicate(app):
     again = json.loads(
         invoke(app, "replay", "--since", "3d", "--run-id", "r1", "--json").output
     )
+    window = {k: again.pop(k) for k in ("since", "until")}
     assert again == {
         "run_id": "r1",
         "users": 7,
@@ -88,7 +95,10 @@ def test_replay_twice_with_the_same_run_id_creates_no_duplicate(app):
         "hooks": ["console"],
         "dry_run": False,
         "deliveries": 0,
+        "undated": 0,
     }
+    since, until = (dt.datetime.fromisoformat(window[k]) for k in ("since", "until"))
+    assert dt.timedelta(days=3) <= until - since < dt.timedelta(days=3, minutes=5)
     assert len(rows(app, "r1")[0]) == 7
     # A different run is a different backfill.
     other = json.loads(invoke(app, "replay", "--since", "30d", "--json").output)
@@ -121,6 +131,64 @@ def test_a_time_with_an_offset_is_that_instant(app):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["created"] == 1  # "old", 10 days ago
+
+
+def test_users_registering_during_a_replay_are_left_to_their_own_events(app):
+    """Without --until the window ends when the replay starts: a user who
+    registers while it runs gets a live event, not a replayed one as well."""
+    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
+    with record_events(app), app.app_context():  # as if it registered mid-run
+        db.session.add(
+            User(username="late", email="late@example.com", password_hash="x",
+                 created_at=soon)
+        )  # fmt: skip
+        db.session.commit()
+    data = json.loads(invoke(app, "replay", "--since", "1d", "--json").output)
+    assert data["created"] == 7, data  # u0..u6, not "late"
+    assert dt.datetime.fromisoformat(data["until"]) < soon
+
+
+def test_users_without_a_creation_time_are_counted_not_replayed(tmp_path):
+    """Rows older than the creation-time column (NULL) are in no window: the
+    result says how many, instead of leaving them out silently."""
+    from flask_postreg.replay import replay
+
+    class Base(DeclarativeBase):
+        pass
+
+    members = SQLAlchemy(model_class=Base)
+
+    class Member(members.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+        email: Mapped[str]
+        created_at: Mapped[dt.datetime | None]
+
+    member_app = Flask(__name__)
+    member_app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/m.db"
+    members.init_app(member_app)
+    ext = PostReg()
+    ext.hook(lambda u, c: None, name="h")
+    ext.init_app(member_app, db=members, user_model=Member)
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        with record_events(member_app), member_app.app_context():
+            members.create_all()
+            members.session.add_all(
+                [
+                    Member(email="old@example.com", created_at=None),
+                    Member(email="new@example.com", created_at=now),
+                ]
+            )
+            members.session.commit()
+        with member_app.app_context():
+            result = replay(
+                member_app.extensions["postreg"], since=now - dt.timedelta(days=1)
+            )
+        assert (result.users, result.created, result.undated) == (1, 1, 1)
+    finally:
+        ext.shutdown(5)
+        with member_app.app_context():
+            members.engine.dispose()
 
 
 def test_dry_run_writes_nothing_and_the_poller_delivers(app):

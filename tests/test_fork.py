@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 
+from .conftest import BOTH_DATABASES
 from .models import Account
 from .models import db
 
@@ -60,3 +61,25 @@ def test_forked_child_runs_its_own_hooks(make_app, tmp_path):
     child_pid, email = marker.read_text().split()
     assert int(child_pid) == pid and email == "child@example.com"
     assert recorder.emails == ["parent@example.com"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)
+def test_forked_child_does_not_share_the_parents_connections(make_app):
+    """A gunicorn --preload factory: init_app, then db.create_all() leaves a
+    connection in the pool, then the fork. The child must not use the parent's
+    socket (on PostgreSQL, children would share one); the store drops the
+    inherited pool even if nothing in the parent used the store yet."""
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="h")
+    with app.app_context():
+        db.create_all()
+        engine = db.engine
+    assert engine.pool.checkedin() >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        os._exit(0 if engine.pool.checkedin() == 0 else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child inherited the pool"

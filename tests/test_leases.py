@@ -334,3 +334,33 @@ def test_join_waits_for_a_poll_between_its_claim_and_its_submit(make_app):
         go.set()
     assert postreg.join(10)
     assert [(d.status, d.attempts) for d in deliveries(app)] == [("succeeded", 1)]
+
+
+@both
+def test_a_worker_runs_deliveries_when_the_app_uses_the_sync_backend(make_app):
+    """The web app's config (BACKEND='sync', RUN_IN_WEB=False) is the worker's
+    too; the sync backend has no poller, so the worker ran nothing. It now
+    polls with a pool of its own."""
+    from flask_postreg import worker
+
+    app, postreg = make_app(
+        POSTREG_BACKEND="sync", POSTREG_RUN_IN_WEB=False, POSTREG_POLL_INTERVAL=0.05
+    )
+    ran = threading.Event()
+    postreg.hook(lambda u, c: ran.set(), name="h")
+    register(app, "ann@example.com")
+    assert [d.status for d in deliveries(app)] == ["pending"]
+    state = app.extensions["postreg"]
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=worker.run,
+        args=(state,),
+        kwargs={"shutdown_timeout": 5, "stop": stop, "echo": lambda _: None},
+    )
+    runner.start()
+    try:
+        assert ran.wait(10), "the worker never ran the delivery"
+    finally:
+        stop.set()
+        runner.join(30)
+    assert [d.status for d in deliveries(app)] == ["succeeded"]

@@ -14,6 +14,7 @@ the operators' queries in :mod:`.queries`, the hot statements' driver path in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
@@ -92,6 +93,11 @@ class DatabaseStore(Store):
         self._tables_ok: weakref.WeakKeyDictionary[sa.Engine, bool] = (
             weakref.WeakKeyDictionary()
         )
+        # Resolved now, not at first use: a process forked before then (a
+        # gunicorn --preload factory that ran db.create_all()) must still drop
+        # the parent's pooled connections in _after_fork.
+        with contextlib.suppress(KeyError, RuntimeError):
+            self.engine  # noqa: B018
         self._after_fork()
         forksafe.register(self)
 
