@@ -177,7 +177,8 @@ def test_retry_after_is_read_without_sleeping(http_server: RecordingServer) -> N
     with pytest.raises(RetryLater) as info:
         notifier(User(email="a@example.com"), Context())
     assert info.value.retry_after == 30
-    assert time.monotonic() - start < 5  # slack-sdk's 429 handler would sleep 30s
+    # slack-sdk's own 429 handler would have slept the 30 s first.
+    assert time.monotonic() - start < 25
 
 
 def test_redirect_is_not_followed(
@@ -199,10 +200,9 @@ def test_slow_server_hits_the_deadline(http_server: RecordingServer) -> None:
     notifier = slack.SlackNotifier(
         http_server.url(SECRET_PATH), timeout=1.0, min_interval=0
     )
-    start = time.monotonic()
+    # Without the deadline the whole body (20 s of drip) would arrive: no error.
     with pytest.raises(DeadlineExceeded, match="deadline"):
         notifier(User(email="a@example.com"), Context())
-    assert time.monotonic() - start < 5
 
 
 def test_slow_server_attempt_is_retried(

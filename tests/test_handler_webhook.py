@@ -150,10 +150,9 @@ def test_status_classification(
 def test_total_deadline(http_server: RecordingServer) -> None:
     http_server.script(Reply(200, b"x" * 100, drip=0.2))
     sender = WebhookSender(http_server.url("/hooks/x"), SECRET, timeout=1.0)
-    start = time.monotonic()
+    # Without the deadline the whole body (20 s of drip) would arrive: no error.
     with pytest.raises(DeadlineExceeded):
         sender(User(email="a@example.com"), Context(event_id="evt_1"))
-    assert time.monotonic() - start < 5
 
 
 def test_total_deadline_counts_a_slow_name_lookup(monkeypatch: Any) -> None:

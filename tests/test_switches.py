@@ -106,7 +106,7 @@ def test_a_stale_settings_read_never_lands_after_a_fresher_one(make_app, monkeyp
     state = app.extensions["postreg"]
     store = state.store
     store.set_enabled("off", False)
-    read, go, refreshed = threading.Event(), threading.Event(), threading.Event()
+    read, go = threading.Event(), threading.Event()
     real = store.hook_settings
 
     def slow_poller_read(connection=None):
@@ -121,10 +121,11 @@ def test_a_stale_settings_read_never_lands_after_a_fresher_one(make_app, monkeyp
     poller.start()
     assert read.wait(10)  # it has read "disabled"
     store.set_enabled("off", True)
-    fresh = threading.Thread(target=lambda: (state.refresh_settings(), refreshed.set()))
+    fresh = threading.Thread(target=state.refresh_settings)
     fresh.start()
-    # Without one refresh at a time the fresh one ends now, before the stale one.
-    refreshed.wait(0.5)
+    # Without one refresh at a time the fresh one ends now, before the stale one
+    # (with it, it waits for the stale one's lock and this join times out).
+    fresh.join(1.0)
     go.set()
     poller.join(10)
     fresh.join(10)

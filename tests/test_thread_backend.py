@@ -85,14 +85,14 @@ def test_slow_claim_is_not_timed_out_nor_counted_twice():
     store = SlowClaims()
     pool = backend(store, workers=2)
     ran = []
-    quick = Hook("quick", lambda u, c: ran.append(u.id), max_attempts=1, timeout=0.05)
-    taken = Hook(
-        "taken", lambda u, c: ran.append("taken"), max_attempts=1, timeout=0.05
-    )
+    # Timeouts short enough for the claims to outlast them, long enough that a
+    # loaded machine does not time out the hook itself.
+    quick = Hook("quick", lambda u, c: ran.append(u.id), max_attempts=1, timeout=0.5)
+    taken = Hook("taken", lambda u, c: ran.append("taken"), max_attempts=1, timeout=0.5)
     pool.submit(Delivery(event(1), quick))
     pool.submit(Delivery(event(2), taken))
     assert store.claiming.wait(10)
-    assert not pool.join(0.3)  # claims pending past the hooks' timeouts
+    assert not pool.join(1.0)  # claims pending past the hooks' timeouts
     store.release.set()
     assert pool.join(10)
     assert pool.pending == 0
@@ -104,7 +104,8 @@ def test_slow_claim_is_not_timed_out_nor_counted_twice():
 def test_backlog_queued_while_a_worker_lingers_runs_on_the_whole_pool(monkeypatch):
     """Submits while a worker lingers wake nobody; the worker that takes the
     first job must wake the next, or a backlog of slow hooks runs one at a time."""
-    monkeypatch.setattr("flask_postreg.backends.thread.LINGER", 0.5)
+    # Long enough that the lingering worker is seen even on a loaded machine.
+    monkeypatch.setattr("flask_postreg.backends.thread.LINGER", 2.0)
     pool = backend(workers=4)
     together = threading.Barrier(4, timeout=10)
     passed = []
@@ -116,7 +117,7 @@ def test_backlog_queued_while_a_worker_lingers_runs_on_the_whole_pool(monkeypatc
     quick = Hook("quick", lambda user, context: None, max_attempts=1)
     assert pool.submit(Delivery(event(0), quick)) and pool.join(10)
     lingering = threading.Event()
-    for _ in range(100):  # the worker that ran it now lingers (0.5 s)
+    for _ in range(150):  # the worker that ran it now lingers (2 s)
         with pool._cond:
             if pool._lingering:
                 lingering.set()
