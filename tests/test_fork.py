@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import pytest
@@ -83,3 +84,38 @@ def test_forked_child_does_not_share_the_parents_connections(make_app):
         os._exit(0 if engine.pool.checkedin() == 0 else 3)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child inherited the pool"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_slack_limiter_held_by_a_parent_thread_is_free_in_the_child():
+    """A parent's Slack sender inside the rate limiter at fork time: the child's
+    copy of the lock would stay held for ever (its holder does not exist there)
+    and every Slack hook of the child would hang until its timeout."""
+    from flask_postreg.handlers.slack_ratelimit import RateLimiter
+
+    limiter = RateLimiter(0.0)
+    held, done = threading.Event(), threading.Event()
+
+    def sender_inside_the_limiter():
+        with limiter._lock:  # as acquire() holds it
+            held.set()
+            done.wait(10)
+
+    parent_thread = threading.Thread(target=sender_inside_the_limiter)
+    parent_thread.start()
+    assert held.wait(10)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            acquired = threading.Event()
+            threading.Thread(
+                target=lambda: (limiter.acquire(), acquired.set()), daemon=True
+            ).start()
+            os._exit(0 if acquired.wait(5) else 4)
+    finally:
+        done.set()
+        parent_thread.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's limiter hung"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -116,6 +117,16 @@ def _protect(*secrets: str) -> None:
 
 _recorders: list[list[dict[str, Any]]] = []
 _recorders_lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    """A parent's thread may have held these locks at fork time."""
+    global _SECRETS_LOCK, _recorders_lock
+    _SECRETS_LOCK = threading.Lock()
+    _recorders_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 @contextlib.contextmanager

@@ -4,10 +4,12 @@ destination, shared by every app and worker of the process."""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable
 
+from .. import forksafe
 from ..errors import RetryLater
 
 
@@ -33,6 +35,11 @@ class RateLimiter:
         self.clock = clock
         self.sleep = sleep
         self._next = float("-inf")
+        self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        # A parent's sender may have held the lock at fork time.
         self._lock = threading.Lock()
 
     def acquire(self) -> float:
@@ -70,3 +77,11 @@ def limiter_for(destination: str, interval: float, max_wait: float) -> RateLimit
         if limiter is None:
             limiter = _LIMITERS[key] = RateLimiter(interval, max_wait=max_wait)
         return limiter
+
+
+def _after_fork() -> None:
+    global _LIMITERS_LOCK
+    _LIMITERS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
