@@ -159,61 +159,66 @@ def replay(
     # open window would give them a replayed one as well.
     until = until or _dt.datetime.now(_dt.timezone.utc)
     window = [column >= _bound(column, since), column < _bound(column, until)]
-    session = state.db.session
-    undated = session.execute(
-        sa.select(sa.func.count()).select_from(model).where(column.is_(None))
-    ).scalar_one()
-    total = session.execute(
-        sa.select(sa.func.count()).select_from(model).where(*window)
-    ).scalar_one()
-    if on_total is not None:
-        on_total(int(total))
-    e = store.t.events
-    users = created = skipped = 0
-    last: Any = None
-    while True:
-        query: Any = sa.select(model).where(*window).order_by(pk).limit(batch_size)
-        if last is not None:
-            query = query.where(pk > last)
-        instances = list(session.execute(query).scalars())
-        if not instances:
-            break
-        last = getattr(instances[-1], pk.key)
-        events = [state.snapshot(instance) for instance in instances]
-        session.rollback()  # end the read; writes go through their own transaction
-        ids = [ev.user.id for ev in events if ev.user.id is not None]
-        for attempt in range(1, CONFLICT_RETRIES + 1):
-            try:
-                with store.engine.begin() as conn:
-                    done = {
-                        row.user_id
-                        for row in conn.execute(
-                            sa.select(e.c.user_id).where(
-                                e.c.run_id == run_id, e.c.user_id.in_(ids)
-                            )
-                        )
-                    }
-                    fresh = [ev for ev in events if ev.user.id not in done]
-                    if fresh and not dry_run:
-                        store.write(conn, fresh, hooks, run_id=run_id, leased=False)
+    # A session of its own: the caller's (db.session) may hold changes of its
+    # own, which the rollback after each read must not throw away.
+    with state.db.session.session_factory() as session:
+        undated = session.execute(
+            sa.select(sa.func.count()).select_from(model).where(column.is_(None))
+        ).scalar_one()
+        total = session.execute(
+            sa.select(sa.func.count()).select_from(model).where(*window)
+        ).scalar_one()
+        if on_total is not None:
+            on_total(int(total))
+        e = store.t.events
+        users = created = skipped = 0
+        last: Any = None
+        while True:
+            query: Any = sa.select(model).where(*window).order_by(pk).limit(batch_size)
+            if last is not None:
+                query = query.where(pk > last)
+            instances = list(session.execute(query).scalars())
+            if not instances:
                 break
-            except sa.exc.IntegrityError:
-                # Another replay of this run wrote some of these users' events
-                # since we looked (the unique run_id + user_id index): look again.
-                if attempt == CONFLICT_RETRIES:
-                    raise
-            except sa.exc.OperationalError as exc:
-                # SQLite in a transaction begun before the read (an explicit
-                # BEGIN): two writers deadlock and SQLite fails one at once
-                # ("database is locked"). Its rollback lets the other commit.
-                if not _sqlite_busy(store.engine, exc) or attempt == CONFLICT_RETRIES:
-                    raise
-                time.sleep(0.05 * attempt)
-        users += len(events)
-        created += len(fresh)
-        skipped += len(events) - len(fresh)
-        if progress is not None:
-            progress(len(events))
+            last = getattr(instances[-1], pk.key)
+            events = [state.snapshot(instance) for instance in instances]
+            session.rollback()  # end the read; writes go through their own transaction
+            ids = [ev.user.id for ev in events if ev.user.id is not None]
+            for attempt in range(1, CONFLICT_RETRIES + 1):
+                try:
+                    with store.engine.begin() as conn:
+                        done = {
+                            row.user_id
+                            for row in conn.execute(
+                                sa.select(e.c.user_id).where(
+                                    e.c.run_id == run_id, e.c.user_id.in_(ids)
+                                )
+                            )
+                        }
+                        fresh = [ev for ev in events if ev.user.id not in done]
+                        if fresh and not dry_run:
+                            store.write(conn, fresh, hooks, run_id=run_id, leased=False)
+                    break
+                except sa.exc.IntegrityError:
+                    # Another replay of this run wrote some of these users' events
+                    # since we looked (the unique run_id + user_id index): look again.
+                    if attempt == CONFLICT_RETRIES:
+                        raise
+                except sa.exc.OperationalError as exc:
+                    # SQLite in a transaction begun before the read (an explicit
+                    # BEGIN): two writers deadlock and SQLite fails one at once
+                    # ("database is locked"). Its rollback lets the other commit.
+                    if (
+                        not _sqlite_busy(store.engine, exc)
+                        or attempt == CONFLICT_RETRIES
+                    ):
+                        raise
+                    time.sleep(0.05 * attempt)
+            users += len(events)
+            created += len(fresh)
+            skipped += len(events) - len(fresh)
+            if progress is not None:
+                progress(len(events))
     return ReplayResult(
         run_id=run_id,
         users=users,

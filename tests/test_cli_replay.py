@@ -148,6 +148,26 @@ def test_users_registering_during_a_replay_are_left_to_their_own_events(app):
     assert dt.datetime.fromisoformat(data["until"]) < soon
 
 
+def test_replay_leaves_the_callers_session_alone(app):
+    """Called from Python with uncommitted changes in db.session: the replay
+    reads in a session of its own, so its rollbacks do not throw them away."""
+    from flask_postreg.replay import replay
+
+    with record_events(app), app.app_context():
+        pending = User(
+            username="pending", email="pending@example.com", password_hash="x"
+        )
+        db.session.add(pending)
+        result = replay(
+            app.extensions["postreg"],
+            since=dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc),
+        )
+        assert result.created == 8
+        assert pending in db.session.new
+        db.session.commit()
+        assert db.session.get(User, pending.id) is not None
+
+
 def test_users_without_a_creation_time_are_counted_not_replayed(tmp_path):
     """Rows older than the creation-time column (NULL) are in no window: the
     result says how many, instead of leaving them out silently."""
