@@ -66,11 +66,12 @@ def _choice(*choices: str) -> Callable[[str, Any], Any]:
 
 
 def _schedule(name: str, value: Any) -> tuple[float, ...]:
-    try:
+    items: tuple[float, ...] = ()
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
         items = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        items = ()
-    if not items or any(v < 0 for v in items):
+    if not items or any(not math.isfinite(v) or v < 0 for v in items):
         raise ConfigError(
             f"{PREFIX}{name} must be a non-empty list of seconds >= 0"
             f" (delay before attempt 2, 3, ...), got {value!r}"

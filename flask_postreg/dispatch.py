@@ -133,9 +133,17 @@ def personal_values(event: Event) -> set[str]:
     found = {user.username, user.phone_number, user.name}
     if request is not None:
         found.update((request.ip, request.user_agent))
+    leaves: set[Any] = set()
     for metadata in (user.user_metadata, user.app_metadata):
-        _leaves(metadata, found)
+        _leaves(metadata, leaves)
+    # Short metadata values are mostly vocabulary ("free", "https", "en"):
+    # hiding them would garble every message that happens to contain them.
+    found.update(v for v in leaves if isinstance(v, str) and len(v) >= METADATA_MIN)
     return {v for v in found if isinstance(v, str) and v}
+
+
+#: Metadata strings shorter than this are not scrubbed (see personal_values).
+METADATA_MIN = 6
 
 
 def _leaves(value: Any, found: set[Any]) -> None:
@@ -248,7 +256,13 @@ class Dispatcher:
             values.update(delivery.hook.secrets)
             values.update(personal_values(delivery.event))
         with contextlib.suppress(Exception):  # a broken secrets callable
-            values.update(str(v) for v in self.secrets().values() if v is not None)
+            secrets = self.secrets()
+            values.update(
+                str(v)
+                for v in secrets.values()
+                if v is not None and not isinstance(v, (Mapping, list, tuple))
+            )
+            _leaves(secrets, values)  # {"crm": {"token": ...}} too
         return values
 
     def prepare(self, delivery: Delivery) -> Delivery | None:

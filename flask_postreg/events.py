@@ -12,6 +12,7 @@ import datetime as _dt
 import decimal
 import enum
 import json
+import math
 import os
 import time
 import uuid
@@ -70,10 +71,19 @@ class FrozenDict(Mapping[str, Any]):
         return (FrozenDict, (self._data,))
 
 
+def _flag(value: Any) -> bool:
+    """A boolean from a body: ``"false"``, ``"0"``, ``"no"`` and ``""`` are False."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "no", "off")
+    return bool(value)
+
+
 def jsonable(value: Any) -> Any:
     """Turn a model value into JSON-safe data (dates as ISO text, others as text)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, int, str)):
         return value
+    if isinstance(value, float):  # NaN and infinities are not JSON: null
+        return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -102,6 +112,8 @@ def _flat(data: dict[str, Any]) -> bool:
     for key, value in data.items():
         if type(key) is not str or type(value) not in scalars:
             return False
+        if type(value) is float and not math.isfinite(value):
+            return False  # jsonable() turns it into null
     return True
 
 
@@ -228,9 +240,11 @@ class User:
             tenant=pick("tenant"),
             username=pick("username"),
             email=pick("email"),
-            email_verified=bool(pick("emailVerified", "email_verified", default=False)),
+            email_verified=_flag(
+                pick("emailVerified", "email_verified", default=False)
+            ),
             phone_number=pick("phoneNumber", "phone_number"),
-            phone_number_verified=bool(
+            phone_number_verified=_flag(
                 pick("phoneNumberVerified", "phone_number_verified", default=False)
             ),
             user_metadata=pick("user_metadata", default=None) or {},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .errors import PostRegError
 from .events import Event
 from .events import User
 from .handlers import configure as configure_handlers
+from .snapshot import load_expired
 from .state import _State
 from .store import Store
 from .store.database import DatabaseStore
@@ -39,6 +41,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flask_postreg")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: The longest hook name: the width of ``postreg_deliveries.hook``.
+MAX_HOOK_NAME = 255
 
 
 class PostReg:
@@ -152,12 +158,31 @@ class PostReg:
         def register(fn: F) -> F:
             if not callable(fn):
                 raise TypeError(f"a hook must be callable, got {fn!r}")
-            if max_attempts is not None and max_attempts < 1:
-                raise ValueError("max_attempts must be >= 1")
-            if timeout is not None and timeout <= 0:
-                raise ValueError("timeout must be > 0 seconds")
+            if max_attempts is not None and (
+                isinstance(max_attempts, bool)
+                or not isinstance(max_attempts, int)
+                or max_attempts < 1
+            ):
+                raise ValueError(
+                    f"max_attempts must be a whole number >= 1, got {max_attempts!r}"
+                )
+            if timeout is not None and (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, (int, float))
+                or not math.isfinite(timeout)
+                or timeout <= 0
+            ):
+                raise ValueError(
+                    f"timeout must be a number of seconds > 0, got {timeout!r}"
+                )
+            final_name = name or hook_name(fn)
+            if not 0 < len(final_name) <= MAX_HOOK_NAME:
+                raise ValueError(
+                    f"a hook name must have 1 to {MAX_HOOK_NAME} characters (it is"
+                    " stored in postreg_deliveries.hook); pass name='...'"
+                )
             hook = Hook(
-                name=name or hook_name(fn),
+                name=final_name,
                 func=fn,
                 enabled=enabled,
                 max_attempts=max_attempts,
@@ -227,6 +252,7 @@ class PostReg:
         if isinstance(user, User):
             event = state.event_for(user)
         elif isinstance(user, state.user_model):
+            load_expired(user)
             event = state.snapshot(user)
         else:
             raise TypeError(

@@ -21,6 +21,7 @@ from typing import Any
 
 from .dispatch import Delivery
 from .dispatch import Hook
+from .dispatch import _text
 from .errors import HookTimeout
 from .errors import PostRegError
 from .events import Event
@@ -85,7 +86,7 @@ def select(state: _State, names: Iterable[str] | None) -> list[Hook]:
     hooks = state.hooks(include_disabled=True)
     if names is None:
         return hooks
-    names = list(names)
+    names = [names] if isinstance(names, str) else list(names)  # one name
     if not names:
         return hooks
     by_name = {h.name: h for h in hooks}
@@ -164,7 +165,7 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
     return RunResult(
         ok=False,
         error_class=type(error).__name__,
-        error=scrub(str(error), secrets),
+        error=scrub(_text(error), secrets),
         traceback=scrub(tb, secrets, limit=8000),
         **common,
     )

@@ -6,13 +6,21 @@ import re
 from collections.abc import Iterable
 
 # No quote or "=" in the local part: "email='ann@x.org'" keeps "email='".
-_EMAIL = re.compile(r"[\w.!#$%&*+/?^~-]+@[\w-]+(?:\.[\w-]+)+")
+_EMAIL = re.compile(r"[\w.!#$%&*+/?^~-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.IGNORECASE)
 _URL_SECRET = re.compile(
     r"(https?://)[^\s/'\"<>]*(?:hooks\.slack\.com/services|/hooks?/|/webhooks?/)[^\s'\"<>]*",
     re.IGNORECASE,
 )
 _URL_USERINFO = re.compile(r"(\w+://)[^\s/@'\"<>]+@")
-_TOKENS = re.compile(r"\b(?:xox[abposr]-[\w-]+|whsec_[\w+/=]+|Bearer\s+[\w.~+/=-]+)")
+_TOKENS = re.compile(
+    r"\b(?:xox[abposr]-[\w-]+|whsec_[\w+/=]+|(?:Bearer|Basic)\s+[\w.~+/=-]+)",
+    re.IGNORECASE,
+)
+#: ``token=...``, ``api_key=...`` and the like in query strings and messages.
+_KEY_VALUES = re.compile(
+    r"\b((?:access_|api_|auth_)?(?:token|key|secret|password|pwd)=)[^\s&'\"<>]+",
+    re.IGNORECASE,
+)
 
 MAX_MESSAGE = 500
 
@@ -26,6 +34,7 @@ def scrub(
     ):
         text = text.replace(secret, "[secret]")
     text = _TOKENS.sub("[secret]", text)
+    text = _KEY_VALUES.sub(r"\1[secret]", text)
     text = _URL_SECRET.sub(r"\1[redacted-url]", text)
     text = _URL_USERINFO.sub(r"\1[secret]@", text)
     text = _EMAIL.sub("[email]", text)

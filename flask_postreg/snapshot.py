@@ -8,6 +8,7 @@ and reads only allow-listed fields, so a password hash cannot reach a hook.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import operator
@@ -21,6 +22,7 @@ from flask import has_request_context
 from flask import request
 
 from .config import ConfigError
+from .errors import PostRegError
 from .events import Connection
 from .events import Context
 from .events import FrozenDict
@@ -117,7 +119,12 @@ class FieldMap:
                     self._use("id", key)
                 continue
             for candidate in CANDIDATES.get(field, ()):
-                if candidate in attrs and not _FORBIDDEN.search(candidate):
+                if (
+                    candidate in attrs
+                    and not _FORBIDDEN.search(candidate)
+                    # A method (def confirmed(self): ...) is not a value.
+                    and not inspect.isroutine(getattr(model, candidate, None))
+                ):
                     self._use(field, candidate)
                     break
 
@@ -168,8 +175,30 @@ def _as_metadata(value: Any) -> Mapping[str, Any]:
 def _as_text(value: Any) -> str | None:
     if value is None:
         return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
     text = value if isinstance(value, str) else str(value)
     return text[:1024]
+
+
+def load_expired(instance: Any) -> None:
+    """Load the attributes a commit expired (outside a flush only: one SELECT).
+
+    A snapshot reads the loaded state, never SQL (it runs inside the flush);
+    ``emit(user)`` after a commit would otherwise see an empty user.
+    """
+    state = sa.inspect(instance)
+    expired = state.expired_attributes
+    if not expired:
+        return
+    try:
+        getattr(instance, next(iter(expired)))  # refreshes every expired column
+    except sa.orm.exc.DetachedInstanceError:
+        raise PostRegError(
+            f"emit() got a {type(instance).__name__} whose attributes expired at"
+            " the commit and whose session is closed, so they cannot be loaded:"
+            " call emit() before the session ends, or pass flask_postreg.User(...)"
+        ) from None
 
 
 def build_user(fields: FieldMap, instance: Any, tenant: str | None) -> User:

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from flask_postreg import User
+from flask_postreg.testing import record_events
 
 from .conftest import BOTH_DATABASES
 from .models import Account
@@ -234,6 +235,21 @@ def test_core_insert_fires_nothing_but_emit_does(app, postreg, recorder):
     ]
     assert event.user.email == "bulk@example.com"
     assert event.id in {row["id"] for row in events(app)}
+
+
+def test_emit_right_after_the_commit_sends_the_whole_user(app, postreg, recorder):
+    """The README's bulk recipe: save, commit, then emit. The commit expired the
+    instance's attributes; emit loads them (one SELECT) instead of sending an
+    empty user."""
+    with app.app_context():
+        account = Account(email="saved@example.com", username="saved")
+        with record_events(app):  # as bulk_save_objects would: no hooks
+            db.session.add(account)
+            db.session.commit()
+        event = postreg.emit(account)
+    assert (event.user.email, event.user.username) == ("saved@example.com", "saved")
+    assert event.user.id is not None
+    assert registered(app, postreg, recorder) == ["saved@example.com"]
 
 
 def test_emit_rejects_other_objects(app, postreg):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 from flask import Flask
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
 
 from flask_postreg import ConfigError
 from flask_postreg import PostReg
 from flask_postreg import PostRegError
 from flask_postreg import config
+from flask_postreg.snapshot import FieldMap
 
 from .models import Account
 from .models import db
@@ -50,6 +54,8 @@ def test_unknown_key_names_the_closest(bare_app):
         ("POSTREG_MAIL_TIMEOUT", float("nan"), "seconds > 0"),
         ("POSTREG_BACKEND", "rq", "must be one of"),
         ("POSTREG_RETRY_SCHEDULE", [], "non-empty list"),
+        ("POSTREG_RETRY_SCHEDULE", [float("nan")], "non-empty list"),
+        ("POSTREG_RETRY_SCHEDULE", "300", "non-empty list"),  # was (3, 0, 0)
         ("POSTREG_SECRETS", "abc", "dict or a callable"),
         ("POSTREG_USER_FIELDS", {"shoe_size": "x"}, "unknown field"),
         ("POSTREG_USER_FIELDS", {"email": "password_hash"}, "credential"),
@@ -166,3 +172,42 @@ def test_unknown_key_without_a_close_match_lists_the_valid_keys(bare_app):
     bare_app.config["POSTREG_ZZZZZZZZ"] = 1
     with pytest.raises(ConfigError, match="Valid keys: POSTREG_TENANT"):
         PostReg(bare_app, db=db, user_model=Account)
+
+
+def test_hook_options_are_checked_when_registered(postreg):
+    def f(user, context):
+        pass
+
+    for options, message in (
+        ({"max_attempts": "3"}, "whole number >= 1"),
+        ({"max_attempts": 2.5}, "whole number >= 1"),
+        ({"timeout": float("nan")}, "seconds > 0"),
+        ({"timeout": float("inf")}, "seconds > 0"),
+        ({"name": "h" * 256}, "1 to 255 characters"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            postreg.hook(f, **options)
+
+
+def test_auto_detection_skips_methods():
+    """A model method named like a field (def confirmed(self)) is not a value:
+    it gave email_verified=True for every user."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Member(Base):
+        __tablename__ = "members"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        email: Mapped[str]
+
+        def confirmed(self):
+            return False
+
+        def login(self, password):
+            return False
+
+    fields = FieldMap(Member, None)
+    assert "email_verified" not in fields.fields
+    assert "username" not in fields.fields
+    assert fields.read(Member(id=1, email="a@example.com"))["email"] == "a@example.com"

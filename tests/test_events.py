@@ -93,3 +93,23 @@ def test_bad_bodies_say_what_is_wrong(body, message):
 def test_bad_json_is_a_clear_error():
     with pytest.raises(ValueError, match="not valid JSON"):
         Event.from_json("{nope")
+
+
+def test_runner_bodies_read_text_flags_and_json_has_no_nan():
+    """A body saying "emailVerified": "false" is False; NaN in metadata is null
+    (a JSON NaN literal is refused by most receivers)."""
+    body = {
+        "user": {
+            "email": "a@example.com",
+            "emailVerified": "false",
+            "phoneNumberVerified": "true",
+            "user_metadata": {"score": float("nan"), "nested": {"x": float("inf")}},
+        },
+        "context": {},
+    }
+    event = Event.from_dict(body)
+    assert event.user.email_verified is False
+    assert event.user.phone_number_verified is True
+    data = json.loads(event.to_json())
+    assert data["user"]["user_metadata"] == {"score": None, "nested": {"x": None}}
+    assert "NaN" not in event.stored_json() and "Infinity" not in event.stored_json()

@@ -131,3 +131,32 @@ def test_reprs_carry_no_personal_data():
     assert "10.0.0.9" not in repr(
         RequestInfo(ip="10.0.0.9", user_agent="x", hostname="h")
     )
+
+
+def test_scrub_catches_encoded_and_lowercase_secrets_but_not_vocabulary(make_app):
+    """What an HTTP library's error message carries: an URL-encoded address, a
+    lowercase bearer token, a token in a query string; nested POSTREG_SECRETS.
+    Short metadata words ("free", "https") stay readable."""
+    from flask_postreg.scrub import scrub
+
+    text = scrub(
+        "GET /x?email=ann%40example.com&token=t0k3n failed; bearer abc.def;"
+        " Basic QWxhZGRpbg== api_key=K3Y"
+    )
+    for secret in ("ann%40example.com", "t0k3n", "abc.def", "QWxhZGRpbg==", "K3Y"):
+        assert secret not in text, text
+    app, postreg = make_app(POSTREG_SECRETS={"crm": {"token": "nested-s3cret"}})
+
+    def crm(user, context):
+        raise ValueError(
+            f"https://crm.test refused plan free with {context.secrets['crm']['token']}"
+        )
+
+    postreg.hook(crm, name="crm", max_attempts=1)
+    with app.app_context():
+        db.session.add(Account(email="ann@example.com", user_metadata={"plan": "free"}))
+        db.session.commit()
+    assert postreg.join(10)
+    (outcome,) = app.extensions["postreg"].store.recent(hook="crm")
+    assert "nested-s3cret" not in outcome.error
+    assert "https://crm.test refused plan free with [secret]" in outcome.error

@@ -111,3 +111,21 @@ def test_secrets_are_hidden_in_errors_and_logs(make_app):
 def test_outside_an_app_context_says_what_to_do(postreg):
     with pytest.raises(RuntimeError, match="app_context"):
         postreg.run_test()
+
+
+def test_one_hook_name_as_text_and_an_unprintable_error(app, postreg, recorder):
+    """hooks="recorder" is one name (not r, e, c, ...); a hook error whose
+    message cannot be read is reported, not a crash of the Runner."""
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    def broken(user, context):
+        raise Unprintable()
+
+    postreg.hook(broken, name="broken")
+    (result,) = postreg.run_test(hooks="recorder", app=app)
+    assert result.hook == "recorder" and result.ok
+    (failed,) = postreg.run_test(hooks=["broken"], app=app)
+    assert not failed.ok and "could not be read" in failed.error

@@ -185,7 +185,8 @@ class DatabaseStore(Store):
             event_rows.append(
                 {
                     "id": event.id,
-                    "user_id": event.user.id,
+                    # The column's width; ids that long are rare (a 1 KiB text key).
+                    "user_id": event.user.id[:255] if event.user.id else None,
                     "payload": event.stored_json(),
                     "created_at": to_epoch(event.context.created_at),
                     "run_id": run_id,
