@@ -63,7 +63,9 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 
 #: Attribute names that must never be read, whatever the configuration says.
-_FORBIDDEN = re.compile(r"pass(word|wd)?|hash|secret|token|otp|totp|salt", re.I)
+_FORBIDDEN = re.compile(
+    r"pass(word|wd)?|pwd|hash|secret|token|otp|totp|salt|api_?key|credential", re.I
+)
 
 Getter = Callable[[Any], Any]
 

@@ -59,6 +59,8 @@ def test_unknown_key_names_the_closest(bare_app):
         ("POSTREG_SECRETS", "abc", "dict or a callable"),
         ("POSTREG_USER_FIELDS", {"shoe_size": "x"}, "unknown field"),
         ("POSTREG_USER_FIELDS", {"email": "password_hash"}, "credential"),
+        ("POSTREG_USER_FIELDS", {"name": "api_key"}, "credential"),
+        ("POSTREG_USER_FIELDS", {"name": "pwd"}, "credential"),
         ("POSTREG_USER_FIELDS", {"email": "nope"}, "no such attribute"),
     ],
 )
