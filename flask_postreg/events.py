@@ -71,6 +71,17 @@ class FrozenDict(Mapping[str, Any]):
         return (FrozenDict, (self._data,))
 
 
+def _read_only(value: Any) -> Any:
+    """Mappings and lists made read-only all the way down, values kept as they
+    are (secrets: a hook must not change what ``app.config`` and the next hook
+    hold, and a number stays a number)."""
+    if isinstance(value, Mapping):
+        return FrozenDict({k: _read_only(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_read_only(v) for v in value)
+    return value
+
+
 def _flag(value: Any) -> bool:
     """A boolean from a body: ``"false"``, ``"0"``, ``"no"`` and ``""`` are False."""
     if isinstance(value, str):
@@ -305,7 +316,7 @@ class Context:
 
     def __post_init__(self) -> None:
         if not isinstance(self.secrets, FrozenDict):
-            object.__setattr__(self, "secrets", FrozenDict(self.secrets))
+            object.__setattr__(self, "secrets", _read_only(self.secrets))
 
     def to_dict(self) -> dict[str, Any]:
         """Auth0's ``requestLanguage`` and ``connection`` plus extras; no secrets."""

@@ -160,3 +160,25 @@ def test_scrub_catches_encoded_and_lowercase_secrets_but_not_vocabulary(make_app
     (outcome,) = app.extensions["postreg"].store.recent(hook="crm")
     assert "nested-s3cret" not in outcome.error
     assert "https://crm.test refused plan free with [secret]" in outcome.error
+
+
+def test_nested_secrets_are_read_only_for_hooks(make_app):
+    """A hook writing into context.secrets["crm"] changed app.config and what
+    every later hook saw."""
+    config = {"crm": {"token": "t0k3n"}, "ids": [1, 2]}
+    app, postreg = make_app(POSTREG_SECRETS=config)
+    seen = []
+
+    def meddler(user, context):
+        seen.append(context.secrets["crm"]["token"])
+        context.secrets["crm"]["token"] = "CHANGED"  # raises: read-only
+
+    postreg.hook(meddler, name="meddler", max_attempts=2)
+    with app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()
+    assert postreg.join(10)
+    assert seen == ["t0k3n", "t0k3n"]  # both attempts saw the original
+    assert config["crm"]["token"] == "t0k3n"
+    (outcome, _) = app.extensions["postreg"].store.recent(hook="meddler")
+    assert outcome.error_class == "TypeError"
