@@ -30,19 +30,29 @@ class Key:
     check: Callable[[str, Any], Any] | None = None
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def is_count(value: Any) -> bool:
+    """A whole number >= 1 (an attempt count, a pool size); not a bool."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+def is_seconds(value: Any) -> bool:
+    """A finite number > 0 (nan passes "<= 0"; neither it nor inf is a time)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def positive_int(name: str, value: Any) -> int:
+    if not is_count(value):
         raise ConfigError(f"{PREFIX}{name} must be a whole number >= 1, got {value!r}")
-    return value
+    return int(value)
 
 
 def positive_float(name: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)  # nan passes "<= 0"; neither is a time
-        or value <= 0
-    ):
+    if not is_seconds(value):
         raise ConfigError(
             f"{PREFIX}{name} must be a number of seconds > 0, got {value!r}"
         )
@@ -165,13 +175,13 @@ register(
     " `db` is given and it is not in-memory SQLite.",
     _choice("memory", "database"),
 )
-register("MAX_WORKERS", 4, "Threads in the pool.", _positive_int)
+register("MAX_WORKERS", 4, "Threads in the pool.", positive_int)
 register(
     "MAX_QUEUE",
     10000,
     "Jobs waiting at most; past it memory mode drops (counted, logged), database"
     " mode leaves them to the poller.",
-    _positive_int,
+    positive_int,
 )
 register(
     "HOOK_TIMEOUT",
@@ -180,7 +190,7 @@ register(
     positive_float,
 )
 register(
-    "MAX_ATTEMPTS", 8, "Attempts per hook, then the delivery is dead.", _positive_int
+    "MAX_ATTEMPTS", 8, "Attempts per hook, then the delivery is dead.", positive_int
 )
 register(
     "RETRY_SCHEDULE",
@@ -198,7 +208,7 @@ register(
     "HISTORY_SIZE",
     1000,
     "Outcomes the memory store keeps (most recent first).",
-    _positive_int,
+    positive_int,
 )
 register(
     "POLL_INTERVAL",

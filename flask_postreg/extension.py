@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 import weakref
 from collections.abc import Callable
@@ -158,20 +157,11 @@ class PostReg:
         def register(fn: F) -> F:
             if not callable(fn):
                 raise TypeError(f"a hook must be callable, got {fn!r}")
-            if max_attempts is not None and (
-                isinstance(max_attempts, bool)
-                or not isinstance(max_attempts, int)
-                or max_attempts < 1
-            ):
+            if max_attempts is not None and not _config.is_count(max_attempts):
                 raise ValueError(
                     f"max_attempts must be a whole number >= 1, got {max_attempts!r}"
                 )
-            if timeout is not None and (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, (int, float))
-                or not math.isfinite(timeout)
-                or timeout <= 0
-            ):
+            if timeout is not None and not _config.is_seconds(timeout):
                 raise ValueError(
                     f"timeout must be a number of seconds > 0, got {timeout!r}"
                 )

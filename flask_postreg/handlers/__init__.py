@@ -17,8 +17,11 @@ from ..config import PREFIX
 from ..config import ConfigError
 from ..config import check_bool
 from ..config import positive_float
+from ..config import positive_int
 from ..config import register
 from ..dispatch import Hook
+from ._http import HEADERS_RULE
+from ._http import URL_RULE
 from ._http import plain_headers
 from ._http import plain_url
 
@@ -115,26 +118,14 @@ def _webhooks(name: str, value: Any) -> list[dict[str, Any]]:
         seen.add(hook)
         where = f"{name}[{i}]"  # the webhook's options, never the URL or secret
         if not plain_url(item["url"]):
-            raise ConfigError(
-                f"{PREFIX}{where}: 'url' must be an http:// or https:// URL with a"
-                " host and no spaces or control characters"
-            )
+            raise ConfigError(f"{PREFIX}{where}: {URL_RULE}")
         if item.get("timeout") is not None:
             positive_float(f"{where}['timeout']", item["timeout"])
-        attempts = item.get("max_attempts")
-        if attempts is not None and (
-            isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1
-        ):
-            raise ConfigError(
-                f"{PREFIX}{where}['max_attempts'] must be a whole number >= 1,"
-                f" got {attempts!r}"
-            )
+        if item.get("max_attempts") is not None:
+            positive_int(f"{where}['max_attempts']", item["max_attempts"])
         headers = item.get("headers")
         if headers is not None and not plain_headers(headers):
-            raise ConfigError(
-                f"{PREFIX}{where}['headers'] must be a dict of header names to"
-                " text values, without line breaks"
-            )
+            raise ConfigError(f"{PREFIX}{where}: {HEADERS_RULE}")
         items.append(dict(item))
     return items
 

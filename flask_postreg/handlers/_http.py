@@ -179,6 +179,14 @@ def cutoff(
         timer.cancel()
 
 
+#: What :func:`plain_url` and :func:`plain_headers` ask for, for error messages
+#: (which never quote the value itself: a URL or a header is often a secret).
+URL_RULE = "'url' must be an http:// or https:// URL with a host and no spaces or control characters"
+HEADERS_RULE = (
+    "'headers' must be a dict of header names to text values, without line breaks"
+)
+
+
 def plain_url(url: object) -> bool:
     """An http(s) URL with a host and nothing http.client would refuse later
     (whitespace, control characters): checked when configured, so a bad URL

@@ -70,10 +70,7 @@ class WebhookSender:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not _http.plain_url(url):
-            raise ValueError(
-                f"webhook {name!r}: 'url' must be an http:// or https:// URL with a"
-                " host and no spaces or control characters"
-            )
+            raise ValueError(f"webhook {name!r}: {_http.URL_RULE}")
         try:
             self._signer = Webhook(secret)
         except Exception as exc:
@@ -88,10 +85,7 @@ class WebhookSender:
         self.timeout = timeout
         self.ssl_context = ssl_context
         if headers is not None and not _http.plain_headers(headers):
-            raise ValueError(
-                f"webhook {name!r}: 'headers' must be a dict of header names to"
-                " text values, without line breaks"
-            )
+            raise ValueError(f"webhook {name!r}: {_http.HEADERS_RULE}")
         self.headers = dict(headers or {})
         self.clock = clock
         raw = secret.removeprefix("whsec_") if isinstance(secret, str) else ""
