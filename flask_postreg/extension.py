@@ -22,7 +22,6 @@ from . import cli
 from . import config as _config
 from . import recording
 from . import runner
-from .dispatch import Delivery
 from .dispatch import Hook
 from .dispatch import hook_name
 from .errors import PostRegError
@@ -255,16 +254,10 @@ class PostReg:
             return event
         if isinstance(state.store, DatabaseStore):
             with state.store.engine.begin() as conn:
-                if state.store.tables_present(conn):
-                    state.read_switches(conn)
-                    deliveries = state.store.write(
-                        conn, [event], state.hooks(), leased=state.run_here
-                    )
-                else:
-                    deliveries = [Delivery(event=event, hook=h) for h in state.hooks()]
+                outbox = conn if state.store.tables_present(conn) else None
+                deliveries = state.deliveries([event], outbox)
         else:
-            state.read_switches()
-            deliveries = [Delivery(event=event, hook=h) for h in state.hooks()]
+            deliveries = state.deliveries([event], None)
         state.committed(marks + deliveries)
         return event
 

@@ -316,26 +316,38 @@ class _State:
     def forget(self, event_ids: set[str], session: Session) -> None:
         """Users captured earlier in this transaction and deleted in it before the
         commit: their outbox rows go too (on the flush's connection)."""
-        if isinstance(self.store, DatabaseStore):
-            connection = session.connection(bind_arguments={"mapper": self.mapper})
-            if self.store.tables_present(connection):
-                self.store.forget(connection, event_ids)
+        connection = self._outbox_connection(session)
+        if connection is not None:
+            assert isinstance(self.store, DatabaseStore)
+            self.store.forget(connection, event_ids)
 
     def _deliveries_for(self, events: list[Event], session: Session) -> list[Delivery]:
         marks, run = recording.marks(self, events)
         if not run:
             return marks
+        return marks + self.deliveries(events, self._outbox_connection(session))
+
+    def _outbox_connection(self, session: Session) -> sa.Connection | None:
+        """The flush's connection, when the database store has its tables there."""
         if isinstance(self.store, DatabaseStore):
             connection = session.connection(bind_arguments={"mapper": self.mapper})
             if self.store.tables_present(connection):
-                self.read_switches(connection)
-                return marks + self.store.write(
-                    connection, events, self.hooks(), leased=self.run_here
-                )
-        else:
-            self.read_switches()
+                return connection
+        return None
+
+    def deliveries(
+        self, events: list[Event], connection: sa.Connection | None
+    ) -> list[Delivery]:
+        """One delivery per event and enabled hook: written to the outbox on
+        ``connection`` (in its transaction) when given, else kept in memory."""
+        self.read_switches(connection)
+        if connection is not None:
+            assert isinstance(self.store, DatabaseStore)
+            return self.store.write(
+                connection, events, self.hooks(), leased=self.run_here
+            )
         hooks = self.hooks()
-        return marks + [Delivery(event=e, hook=h) for e in events for h in hooks]
+        return [Delivery(event=e, hook=h) for e in events for h in hooks]
 
     # -- dispatch ----------------------------------------------------------
 
