@@ -356,14 +356,21 @@ class ThreadBackend:
                         return  # a replacement took this thread's place
                     self._workers += 1  # replacements were capped: rejoin the pool
                     continue
-            try:
-                outcome = self.dispatcher.finish(prepared, error, duration)
-            except Exception:  # finish() never raises; if it did, keep the worker
-                logger.exception("flask-postreg could not finish an attempt")
-                with self._cond:
-                    self._finished_one()
-                continue
-            self._done(prepared, outcome)
+            self._finish(prepared, error, duration)
+
+    def _finish(
+        self, delivery: Delivery, error: BaseException | None, duration: float
+    ) -> None:
+        """Record an attempt and plan what follows. ``finish()`` never raises;
+        if it did, the calling worker or watchdog thread must survive it."""
+        try:
+            outcome = self.dispatcher.finish(delivery, error, duration)
+        except Exception:
+            logger.exception("flask-postreg could not finish an attempt")
+            with self._cond:
+                self._finished_one()
+            return
+        self._done(delivery, outcome)
 
     def _done(self, delivery: Delivery, outcome: Outcome) -> None:
         """After an attempt: plan its retry or count it finished."""
@@ -419,16 +426,7 @@ class ThreadBackend:
                 error = HookTimeout(
                     f"attempt exceeded the hook's timeout of {running.timeout:g}s"
                 )
-                try:
-                    outcome = self.dispatcher.finish(
-                        running.delivery, error, running.timeout
-                    )
-                except Exception:  # never raises; if it did, keep the watchdog
-                    logger.exception("flask-postreg could not finish an attempt")
-                    with self._cond:
-                        self._finished_one()
-                    continue
-                self._done(running.delivery, outcome)
+                self._finish(running.delivery, error, running.timeout)
 
     def _after_fork(self) -> None:
         self._reset()
