@@ -30,6 +30,7 @@ import sqlalchemy as sa
 
 from .dispatch import Hook
 from .errors import PostRegError
+from .store.tables import stored_user_id
 from .worker import require_database
 
 if TYPE_CHECKING:
@@ -183,7 +184,8 @@ def replay(
             last = getattr(instances[-1], pk.key)
             events = [state.snapshot(instance) for instance in instances]
             session.rollback()  # end the read; writes go through their own transaction
-            ids = [ev.user.id for ev in events if ev.user.id is not None]
+            keys = {ev.id: stored_user_id(ev.user.id) for ev in events}
+            ids = [k for k in keys.values() if k is not None]
             for attempt in range(1, CONFLICT_RETRIES + 1):
                 try:
                     with store.engine.begin() as conn:
@@ -195,7 +197,7 @@ def replay(
                                 )
                             )
                         }
-                        fresh = [ev for ev in events if ev.user.id not in done]
+                        fresh = [ev for ev in events if keys[ev.id] not in done]
                         if fresh and not dry_run:
                             store.write(conn, fresh, hooks, run_id=run_id, leased=False)
                     break

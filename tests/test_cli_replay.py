@@ -318,3 +318,46 @@ def test_two_replays_of_one_run_at_once_write_each_event_once(
         with app.app_context():
             db.drop_all()
             db.engine.dispose()
+
+
+def test_a_user_id_longer_than_its_column_is_replayed_once(tmp_path):
+    """The events row keeps a user id cut to its column's width; the replay's
+    lookup of users done compares the same cut id, so a second run of the run
+    skips that user instead of failing on the unique (run_id, user_id) index."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    keyed = SQLAlchemy(model_class=Base)
+
+    class Keyed(keyed.Model):  # type: ignore[name-defined,misc]
+        key: Mapped[str] = mapped_column(primary_key=True)
+        email: Mapped[str]
+        created_at: Mapped[dt.datetime]
+
+    keyed_app = Flask(__name__)
+    keyed_app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/k.db"
+    keyed.init_app(keyed_app)
+    ext = PostReg()
+    ext.hook(lambda u, c: None, name="h")
+    ext.init_app(keyed_app, db=keyed, user_model=Keyed)
+    now = dt.datetime.now(dt.timezone.utc)
+    from flask_postreg.replay import replay
+
+    try:
+        with record_events(keyed_app), keyed_app.app_context():
+            keyed.create_all()
+            keyed.session.add(
+                Keyed(key="k" * 300, email="a@example.com", created_at=now)
+            )
+            keyed.session.commit()
+        state = keyed_app.extensions["postreg"]
+        since = now - dt.timedelta(days=1)
+        with keyed_app.app_context():
+            first = replay(state, since=since, run_id="r")
+            again = replay(state, since=since, run_id="r")
+        assert (first.created, again.created, again.skipped) == (1, 0, 1)
+    finally:
+        ext.shutdown(5)
+        with keyed_app.app_context():
+            keyed.engine.dispose()

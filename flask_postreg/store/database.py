@@ -44,6 +44,7 @@ from .memory import MemoryStore
 from .outcomes import OutcomeWriter
 from .statements import StatementCache
 from .tables import Tables
+from .tables import stored_user_id
 from .tables import table_problems
 
 if TYPE_CHECKING:
@@ -185,8 +186,7 @@ class DatabaseStore(Store):
             event_rows.append(
                 {
                     "id": event.id,
-                    # The column's width; ids that long are rare (a 1 KiB text key).
-                    "user_id": event.user.id[:255] if event.user.id else None,
+                    "user_id": stored_user_id(event.user.id),
                     "payload": event.stored_json(),
                     "created_at": to_epoch(event.context.created_at),
                     "run_id": run_id,

@@ -31,6 +31,16 @@ HOOK_SETTINGS = "postreg_hook_settings"
 OPEN_STATUSES = f"status IN ('{PENDING}', '{RUNNING}')"
 
 
+#: Width of ``postreg_events.user_id``.
+USER_ID_WIDTH = 255
+
+
+def stored_user_id(user_id: str | None) -> str | None:
+    """A user id as the events row holds it (cut to the column's width): what
+    writes store and what lookups by user (a replay's) must compare."""
+    return user_id[:USER_ID_WIDTH] if user_id else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Tables:
     events: sa.Table
@@ -45,7 +55,7 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             EVENTS,
             metadata,
             sa.Column("id", sa.String(40), primary_key=True, comment="event id"),
-            sa.Column("user_id", sa.String(255), nullable=True),
+            sa.Column("user_id", sa.String(USER_ID_WIDTH), nullable=True),
             sa.Column(
                 "payload",
                 sa.Text,
