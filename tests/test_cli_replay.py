@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -168,6 +169,29 @@ def test_replay_leaves_the_callers_session_alone(app):
         assert db.session.get(User, pending.id) is not None
 
 
+@contextlib.contextmanager
+def own_model_app(tmp_path, db_, model, rows):
+    """An app of its own for ``model`` (on ``db_``) with one no-op hook and
+    ``rows`` committed without running hooks; yields (app, state)."""
+    app_ = Flask(__name__)
+    app_.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/own.db"
+    db_.init_app(app_)
+    ext = PostReg()
+    ext.hook(lambda u, c: None, name="h")
+    ext.init_app(app_, db=db_, user_model=model)
+    try:
+        with record_events(app_), app_.app_context():
+            db_.create_all()
+            db_.session.add_all(rows)
+            db_.session.commit()
+        with app_.app_context():
+            yield app_, app_.extensions["postreg"]
+    finally:
+        ext.shutdown(5)
+        with app_.app_context():
+            db_.engine.dispose()
+
+
 def test_users_without_a_creation_time_are_counted_not_replayed(tmp_path):
     """Rows older than the creation-time column (NULL) are in no window: the
     result says how many, instead of leaving them out silently."""
@@ -183,32 +207,14 @@ def test_users_without_a_creation_time_are_counted_not_replayed(tmp_path):
         email: Mapped[str]
         created_at: Mapped[dt.datetime | None]
 
-    member_app = Flask(__name__)
-    member_app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/m.db"
-    members.init_app(member_app)
-    ext = PostReg()
-    ext.hook(lambda u, c: None, name="h")
-    ext.init_app(member_app, db=members, user_model=Member)
     now = dt.datetime.now(dt.timezone.utc)
-    try:
-        with record_events(member_app), member_app.app_context():
-            members.create_all()
-            members.session.add_all(
-                [
-                    Member(email="old@example.com", created_at=None),
-                    Member(email="new@example.com", created_at=now),
-                ]
-            )
-            members.session.commit()
-        with member_app.app_context():
-            result = replay(
-                member_app.extensions["postreg"], since=now - dt.timedelta(days=1)
-            )
-        assert (result.users, result.created, result.undated) == (1, 1, 1)
-    finally:
-        ext.shutdown(5)
-        with member_app.app_context():
-            members.engine.dispose()
+    rows_ = [
+        Member(email="old@example.com", created_at=None),
+        Member(email="new@example.com", created_at=now),
+    ]
+    with own_model_app(tmp_path, members, Member, rows_) as (_, state):
+        result = replay(state, since=now - dt.timedelta(days=1))
+    assert (result.users, result.created, result.undated) == (1, 1, 1)
 
 
 def test_dry_run_writes_nothing_and_the_poller_delivers(app):
@@ -335,29 +341,12 @@ def test_a_user_id_longer_than_its_column_is_replayed_once(tmp_path):
         email: Mapped[str]
         created_at: Mapped[dt.datetime]
 
-    keyed_app = Flask(__name__)
-    keyed_app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/k.db"
-    keyed.init_app(keyed_app)
-    ext = PostReg()
-    ext.hook(lambda u, c: None, name="h")
-    ext.init_app(keyed_app, db=keyed, user_model=Keyed)
     now = dt.datetime.now(dt.timezone.utc)
     from flask_postreg.replay import replay
 
-    try:
-        with record_events(keyed_app), keyed_app.app_context():
-            keyed.create_all()
-            keyed.session.add(
-                Keyed(key="k" * 300, email="a@example.com", created_at=now)
-            )
-            keyed.session.commit()
-        state = keyed_app.extensions["postreg"]
+    user = Keyed(key="k" * 300, email="a@example.com", created_at=now)
+    with own_model_app(tmp_path, keyed, Keyed, [user]) as (_, state):
         since = now - dt.timedelta(days=1)
-        with keyed_app.app_context():
-            first = replay(state, since=since, run_id="r")
-            again = replay(state, since=since, run_id="r")
-        assert (first.created, again.created, again.skipped) == (1, 0, 1)
-    finally:
-        ext.shutdown(5)
-        with keyed_app.app_context():
-            keyed.engine.dispose()
+        first = replay(state, since=since, run_id="r")
+        again = replay(state, since=since, run_id="r")
+    assert (first.created, again.created, again.skipped) == (1, 0, 1)
