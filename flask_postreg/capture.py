@@ -5,9 +5,13 @@
                  writing its outbox rows on the flush's connection), keyed by the
                  innermost transaction (savepoint or root).
 ``after_commit`` on a savepoint release moves its events to the parent; on the
-                 root commit hands them to the app's dispatcher. Never raises.
-``after_transaction_end`` drops what is still keyed on an ended transaction:
-                 that transaction was rolled back.
+                 root commit marks them committed. Never raises.
+``after_transaction_end`` on the root, after a commit, hands the committed
+                 events to the app's dispatcher: the session has given its
+                 connection back by then, so an inline (sync) hook or outcome
+                 write never waits on a pool that has no other connection.
+                 Otherwise it drops what is still keyed on the ended
+                 transaction: that transaction was rolled back.
 
 The listeners are module-level functions installed once on
 :class:`sqlalchemy.orm.Session` (so every session class sees them), and routed
@@ -40,6 +44,8 @@ _PENDING = "flask_postreg.pending"
 _OUTER = "flask_postreg.outer"
 #: InstanceState -> event id of the users captured in the session's transaction.
 _CAPTURED = "flask_postreg.captured"
+#: Deliveries of a root commit, handed over when the root transaction ends.
+_COMMITTED = "flask_postreg.committed"
 _install_lock = threading.Lock()
 
 Pending = dict[SessionTransaction, list[tuple["_State", "Delivery"]]]
@@ -122,7 +128,7 @@ def after_commit(session: Session) -> None:
         for state, group in _by_state(items):
             outer = _outer_transaction(session, state)
             if outer is None:
-                state.committed([delivery for _, delivery in group])
+                session.info.setdefault(_COMMITTED, []).extend(group)
             else:
                 # The session joined a transaction it does not own
                 # (Session(bind=conn) or binds={User: conn} inside conn.begin()):
@@ -237,6 +243,14 @@ _OUTER_LISTENERS = (
 def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the root ended: its users are settled
         session.info.pop(_CAPTURED, None)
+        committed = session.info.pop(_COMMITTED, None)
+        if committed:
+            try:
+                _hand_over(committed)
+            except Exception:  # commit() must not raise for us
+                logger.exception(
+                    "flask-postreg could not hand committed registrations over"
+                )
     pending: Pending | None = session.info.get(_PENDING)
     if not pending:
         return

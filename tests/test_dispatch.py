@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 from flask import current_app
 
 from flask_postreg import PermanentError
@@ -237,6 +238,30 @@ def test_sync_backend_runs_inline_and_commit_never_raises(make_app):
     register(app)  # would raise here if a hook's error leaked into commit()
     assert seen == [threading.current_thread().name]
     assert [o.attempt for o in outcomes(app, hook="boom")] == [2, 1]
+
+
+def test_sync_backend_runs_after_the_session_gave_its_connection_back(
+    make_app, caplog
+):
+    """With a pool of one connection, a sync hook that reads the database and
+    the outcome write both need the connection the committing session held:
+    they waited for the pool's timeout and failed. They run once it is back."""
+    app, postreg = make_app(
+        POSTREG_BACKEND="sync",
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 1},
+    )
+    counts = []
+
+    @postreg.hook(name="reads", max_attempts=1)
+    def reads(user, context):
+        counts.append(db.session.scalar(sa.select(sa.func.count(Account.id))))
+
+    with caplog.at_level(logging.ERROR, logger="flask_postreg"):
+        register(app)
+    assert counts == [1]
+    [outcome] = outcomes(app, hook="reads")
+    assert (outcome.status, outcome.attempt) == ("succeeded", 1)
+    assert not caplog.records
 
 
 def test_disabled_hook_does_not_run(app, postreg, recorder):
