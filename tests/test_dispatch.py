@@ -240,15 +240,17 @@ def test_sync_backend_runs_inline_and_commit_never_raises(make_app):
     assert [o.attempt for o in outcomes(app, hook="boom")] == [2, 1]
 
 
-def test_sync_backend_runs_after_the_session_gave_its_connection_back(
-    make_app, caplog
-):
+def test_sync_backend_runs_after_the_session_gave_its_connection_back(make_app, caplog):
     """With a pool of one connection, a sync hook that reads the database and
     the outcome write both need the connection the committing session held:
     they waited for the pool's timeout and failed. They run once it is back."""
     app, postreg = make_app(
         POSTREG_BACKEND="sync",
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 1},
+        SQLALCHEMY_ENGINE_OPTIONS={
+            "pool_size": 1,
+            "max_overflow": 0,
+            "pool_timeout": 1,
+        },
     )
     counts = []
 

@@ -598,6 +598,62 @@ def test_query_api(make_app, db_url):
 
 
 @both
+def test_prune_walks_old_events_in_short_transactions(make_app):
+    """On SQLite a prune's transaction holds the write lock registrations wait
+    for: it deletes ``batch_size`` events per transaction, and across them
+    exactly the succeeded deliveries older than the cutoff and the events left
+    with none."""
+    app, postreg = make_app()
+    for name in ("h", "g"):
+        postreg.hook(lambda u, c: None, name=name)
+    s = store(app)
+    hooks = app.extensions["postreg"].hooks()
+    old = time.time() - 8 * 86400
+    old_ids = [event_id_floor(old + i) + os.urandom(8).hex() for i in range(8)]
+
+    def event(event_id, i):
+        user = User(id=str(i), email=f"u{i}@example.com")
+        return Event(event_id, user, Context(event_id=event_id))
+
+    d, e = s.t.deliveries, s.t.events
+    with s.engine.begin() as conn:
+        s.write(conn, [event(x, i) for i, x in enumerate(old_ids[:7])], hooks)
+        s.write(conn, [event(old_ids[7], 7)], [])  # no hook was enabled
+        s.write(conn, [make_event(8)], hooks)  # a recent event
+        conn.execute(sa.update(d).values(status="succeeded", updated_at=old))
+        conn.execute(sa.update(e).where(e.c.id.in_(old_ids)).values(created_at=old))
+        dead = (d.c.event_id == old_ids[5]) & (d.c.hook == "g")
+        conn.execute(sa.update(d).where(dead).values(status="dead"))
+        touched = (d.c.event_id == old_ids[6]) & (d.c.hook == "h")
+        conn.execute(sa.update(d).where(touched).values(updated_at=time.time()))
+        conn.execute(
+            sa.update(d)
+            .where(d.c.event_id.not_in(old_ids))
+            .values(updated_at=time.time())
+        )
+
+    commits = []
+
+    def committed(conn):
+        commits.append(conn)
+
+    sa.event.listen(s.engine, "commit", committed)
+    try:
+        assert s.prune(7, batch_size=3) == 12
+    finally:
+        sa.event.remove(s.engine, "commit", committed)
+    assert len(commits) == 3  # 8 old events, 3 at a time
+    left = {(r.id.split(":")[0], r.hook, r.status) for r in deliveries(app)}
+    assert {(x, h, st) for x, h, st in left if x in old_ids} == {
+        (old_ids[5], "g", "dead"),
+        (old_ids[6], "h", "succeeded"),  # changed since the cutoff
+    }
+    assert len(left) == 4  # and the recent event's two
+    assert {x["id"] for x in events(app)} & set(old_ids) == {old_ids[5], old_ids[6]}
+    assert s.prune(7, batch_size=3) == 0
+
+
+@both
 def test_database_history_keeps_no_count_of_retries_taken_elsewhere(make_app):
     """A retry another process's poller took never ends in this process's
     recent-history copy; it must not be remembered there for ever."""

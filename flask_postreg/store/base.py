@@ -112,8 +112,9 @@ class Store:
             "retrying deliveries needs the database store (POSTREG_STORE='database')"
         )
 
-    def prune(self, older_than_days: float) -> int:
-        """Delete succeeded deliveries older than that (and their events)."""
+    def prune(self, older_than_days: float, *, batch_size: int = 500) -> int:
+        """Delete succeeded deliveries older than that (and their events),
+        ``batch_size`` events per transaction."""
         return 0
 
     def hook_settings(self, connection: sa.Connection | None = None) -> dict[str, bool]:

@@ -59,6 +59,9 @@ logger = logging.getLogger("flask_postreg")
 #: ``POSTREG_LEASE_GRACE``.
 LEASE_GRACE = 60.0
 
+#: Events per prune transaction (each holds SQLite's write lock briefly).
+PRUNE_BATCH = 500
+
 
 class DatabaseStore(Store):
     """Outbox tables on the user model's bind; see the module docstring."""
@@ -443,11 +446,22 @@ class DatabaseStore(Store):
         with self.engine.begin() as conn:
             return queries.requeue(conn, self.t.deliveries, cond, rows)
 
-    def prune(self, older_than_days: float) -> int:
-        """Delete succeeded deliveries older than that, and events left with none."""
+    def prune(self, older_than_days: float, *, batch_size: int = PRUNE_BATCH) -> int:
+        """Delete succeeded deliveries older than that, and events left with none.
+
+        ``batch_size`` events per transaction: on SQLite each holds the write
+        lock, which registrations wait for, so none is long.
+        """
         cutoff = time.time() - older_than_days * 86400
-        with self.engine.begin() as conn:
-            return queries.prune(conn, self.t, cutoff)
+        total = 0
+        after: str | None = ""
+        while after is not None:
+            with self.engine.begin() as conn:
+                pruned, after = queries.prune_batch(
+                    conn, self.t, cutoff, after, batch_size
+                )
+            total += pruned
+        return total
 
     def hook_settings(self, connection: sa.Connection | None = None) -> dict[str, bool]:
         if connection is not None:

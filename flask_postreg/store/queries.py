@@ -2,8 +2,9 @@
 
 Each function runs on the caller's connection, in the caller's transaction.
 None of them is on a registration's path: listing ``dead`` or ``succeeded``
-deliveries and pruning read the deliveries table without an index of their own
-(an index costs every registration a write, DESIGN section 6).
+deliveries reads the deliveries table without an index of its own (an index
+costs every registration a write, DESIGN section 6). Pruning walks the old end of
+the primary keys instead, in short transactions.
 """
 
 from __future__ import annotations
@@ -87,22 +88,36 @@ def requeue(
     return sum(int(conn.execute(stmt, row).rowcount or 0) for row in rows)
 
 
-def prune(conn: sa.Connection, t: Tables, cutoff: float) -> int:
-    """Delete succeeded deliveries last changed before ``cutoff`` (epoch), and
-    the events left with none; how many deliveries went."""
+def prune_batch(
+    conn: sa.Connection, t: Tables, cutoff: float, after: str, limit: int
+) -> tuple[int, str | None]:
+    """One short transaction of a prune: of the first ``limit`` events after id
+    ``after`` made before ``cutoff`` (epoch), delete the succeeded deliveries last
+    changed before it, then the events left with none. How many deliveries went,
+    and the id to continue after (None: done).
+
+    Event ids start with their creation time, so the events made before the
+    cutoff are a range of the primary key, walked once, in order.
+    """
     d, e = t.deliveries, t.events
-    deleted = conn.execute(
-        sa.delete(d).where(d.c.status == SUCCEEDED, d.c.updated_at < cutoff)
-    ).rowcount
-    orphan = ~sa.exists().where(d.c.event_id == e.c.id)
-    # Event ids start with their creation time: the id bound makes this a
-    # range of the primary key, not a scan of every event kept.
-    conn.execute(
-        sa.delete(e).where(
-            e.c.id < event_id_floor(cutoff), e.c.created_at < cutoff, orphan
+    ids = list(
+        conn.scalars(
+            sa.select(e.c.id)
+            .where(e.c.id > after, e.c.id < event_id_floor(cutoff))
+            .order_by(e.c.id)
+            .limit(limit)
         )
     )
-    return int(deleted or 0)
+    if not ids:
+        return 0, None
+    deleted = conn.execute(
+        sa.delete(d).where(
+            d.c.event_id.in_(ids), d.c.status == SUCCEEDED, d.c.updated_at < cutoff
+        )
+    ).rowcount
+    orphan = ~sa.exists().where(d.c.event_id == e.c.id)
+    conn.execute(sa.delete(e).where(e.c.id.in_(ids), e.c.created_at < cutoff, orphan))
+    return int(deleted or 0), ids[-1] if len(ids) == limit else None
 
 
 def hook_settings(conn: sa.Connection, h: sa.Table) -> dict[str, bool]:
