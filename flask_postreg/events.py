@@ -176,8 +176,11 @@ def new_event_id() -> str:
 
 def event_id_floor(seconds: float) -> str:
     """The lowest id :func:`new_event_id` gives at ``seconds`` (epoch) or later,
-    so "made before then" is a range of ids."""
-    return f"evt_{int(seconds * 1e9):016x}"
+    so "made before then" is a range of ids. Times before 1970 or past the 16
+    hex digits (year 2554) give the lowest or highest such prefix: a 17-digit
+    one would not sort after the ids."""
+    nanoseconds = min(max(int(seconds * 1e9), 0), 2**64 - 1)
+    return f"evt_{nanoseconds:016x}"
 
 
 def _utcnow() -> _dt.datetime:

@@ -6,12 +6,15 @@ import dataclasses
 import json
 import pathlib
 import pickle
+import time
 
 import pytest
 
 from flask_postreg import Context
 from flask_postreg import Event
 from flask_postreg import User
+from flask_postreg.events import event_id_floor
+from flask_postreg.events import new_event_id
 from flask_postreg.events import sample_body
 
 SAMPLE = (
@@ -113,3 +116,14 @@ def test_runner_bodies_read_text_flags_and_json_has_no_nan():
     data = json.loads(event.to_json())
     assert data["user"]["user_metadata"] == {"score": None, "nested": {"x": None}}
     assert "NaN" not in event.stored_json() and "Infinity" not in event.stored_json()
+
+
+def test_event_id_floor_sorts_with_the_ids_at_any_time():
+    """Time windows and prunes compare ids with a floor: one for a date past the
+    16 hex digits (a 17-digit prefix) or before 1970 must still sort above or
+    below every id, or a listing ``--until`` then would miss every row."""
+    now = time.time()
+    made = new_event_id()
+    assert event_id_floor(now - 60) < made < event_id_floor(now + 60)
+    assert event_id_floor(-1e12) < made < event_id_floor(1.9e10)  # year 2572
+    assert event_id_floor(1e12) == "evt_" + "f" * 16

@@ -7,6 +7,7 @@ Every test runs on a SQLite file and on PostgreSQL.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import threading
 import time
@@ -161,6 +162,35 @@ def test_poller_query_uses_the_partial_due_index(make_app):
         ]
     assert any("ix_postreg_deliveries_due" in step for step in plan), plan
     assert not any(step.startswith("SCAN postreg_deliveries") for step in plan), plan
+
+
+def test_listing_reads_the_newest_keys_instead_of_sorting_the_table(make_app):
+    """``deliveries()`` (``flask postreg list``) on a table of millions of rows:
+    newest first is the primary key backwards, and a time window a range of it;
+    before, every listing sorted the whole table."""
+    _app, _state, s = due_deliveries(make_app, 3)
+    seen = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    now = dt.datetime.now(dt.timezone.utc)
+    sa.event.listen(s.engine, "before_cursor_execute", grab)
+    try:
+        assert len(s.deliveries(limit=2)) == 2
+        assert len(s.deliveries(since=now - dt.timedelta(hours=1), until=now)) == 3
+    finally:
+        sa.event.remove(s.engine, "before_cursor_execute", grab)
+    newest, window = seen
+    with s.engine.connect() as conn:
+        plans = [
+            [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + q, p)]
+            for q, p in (newest, window)
+        ]
+    for plan in plans:
+        assert not any("TEMP B-TREE" in step for step in plan), plan
+    assert any("PRIMARY KEY (event_id>? AND event_id<?)" in step for step in plans[1])
 
 
 @both

@@ -24,6 +24,11 @@ from .base import to_datetime
 from .base import to_epoch
 from .tables import Tables
 
+#: Seconds an event id's time may run ahead of its deliveries' ``created_at``
+#: (both are read in the same write, microseconds apart; this covers the clock
+#: being stepped back in between).
+CLOCK_STEP = 3600.0
+
 
 def deliveries(
     conn: sa.Connection,
@@ -36,12 +41,13 @@ def deliveries(
     limit: int = 50,
     event_id: str | None = None,
 ) -> list[DeliveryRecord]:
-    """Delivery rows, newest first, filtered by whichever arguments are given."""
-    query = (
-        sa.select(d)
-        .order_by(d.c.created_at.desc(), d.c.event_id, d.c.hook)
-        .limit(limit)
-    )
+    """Delivery rows, newest first, filtered by whichever arguments are given.
+
+    Newest first is the primary key backwards (event ids start with their
+    time): the first ``limit`` rows found end the read, and a time window is a
+    range of that key, instead of a sort of the whole table.
+    """
+    query = sa.select(d).order_by(d.c.event_id.desc(), d.c.hook.desc()).limit(limit)
     if status is not None:
         query = query.where(d.c.status == status)
     if hook is not None:
@@ -49,9 +55,16 @@ def deliveries(
     if event_id is not None:
         query = query.where(d.c.event_id == event_id)
     if since is not None:
-        query = query.where(d.c.created_at >= to_epoch(since))
+        start = to_epoch(since)
+        query = query.where(
+            d.c.created_at >= start,
+            d.c.event_id >= event_id_floor(start - CLOCK_STEP),
+        )
     if until is not None:
-        query = query.where(d.c.created_at < to_epoch(until))
+        end = to_epoch(until)
+        query = query.where(
+            d.c.created_at < end, d.c.event_id < event_id_floor(end + CLOCK_STEP)
+        )
     return [_record(row) for row in conn.execute(query)]
 
 
