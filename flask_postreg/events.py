@@ -96,7 +96,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float):  # NaN and infinities are not JSON: null
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return _jsonable_mapping(value)
     if isinstance(value, (list, tuple, set, frozenset)):
         return [jsonable(v) for v in value]
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
@@ -110,6 +110,22 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _jsonable_mapping(value: Mapping[Any, Any]) -> dict[str, Any]:
+    """Keys as the app's own JSON column stores them: ``json.dumps``'s text
+    (``True`` is ``"true"``, ``None`` ``"null"``, ``1`` ``"1"``). When two keys
+    become the same text (``1`` and ``"1"``), the last one wins, as it does when
+    the column is read back: hooks see what the app reads."""
+    return {_key_text(key): jsonable(item) for key, item in value.items()}
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, str):  # a subclass (a str enum): its text, as json does
+        return str.__str__(key)
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)  # true, null, 1, 1.5, NaN
+    return str(jsonable(key))
 
 
 #: Value types that need no conversion or copy (exact types: subclasses take

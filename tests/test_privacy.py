@@ -89,6 +89,25 @@ def test_odd_metadata_values_are_made_json_safe(make_app):
     }
 
 
+def test_metadata_keys_reach_hooks_as_the_json_column_reads_them_back(make_app):
+    """Non-text keys become the text ``json.dumps`` writes (``True`` is "true",
+    not "True"), and of two keys with one text (``2`` and ``"2"``) the last wins,
+    as on reading the column back: a hook sees what the app itself reads."""
+    meta = {True: "yes", None: "none", 2: "two", "2": "text", "3": "text", 3: "int"}
+    app, postreg = make_app()
+    seen = []
+    postreg.hook(lambda u, c: seen.append(u), name="seen")
+    with app.app_context():
+        account = Account(email="ann@example.com", user_metadata=meta)
+        db.session.add(account)
+        db.session.commit()
+        db.session.expire(account)
+        stored = account.user_metadata
+    assert postreg.join(10)
+    assert stored == {"true": "yes", "null": "none", "2": "text", "3": "int"}
+    assert dict(seen[0].user_metadata) == stored
+
+
 def test_personal_data_in_a_hook_error_is_scrubbed(make_app, caplog):
     app, postreg = make_app(
         POSTREG_USER_FIELDS={
