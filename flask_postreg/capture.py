@@ -46,6 +46,8 @@ _OUTER = "flask_postreg.outer"
 _CAPTURED = "flask_postreg.captured"
 #: Deliveries of a root commit, handed over when the root transaction ends.
 _COMMITTED = "flask_postreg.committed"
+#: Set when a flush deleted a captured user: the root commit checks which stood.
+_DELETES = "flask_postreg.deletes"
 _install_lock = threading.Lock()
 
 Pending = dict[SessionTransaction, list[tuple["_State", "Delivery"]]]
@@ -94,21 +96,30 @@ def after_flush(session: Session, flush_context: Any) -> None:
 def _forget_deleted(
     state: _State, session: Session, flushed: Any, captured: dict[Any, str]
 ) -> None:
-    """Users captured earlier in this transaction and deleted by this flush were
-    never committed: drop their deliveries and (database mode) outbox rows."""
+    """Users captured earlier in this transaction and deleted by this flush:
+    their outbox rows go (database mode, in the flush's transaction, so rolling
+    back a SAVEPOINT around the delete brings them back). Their deliveries stay
+    pending until the root commit, which drops those whose delete stood."""
     gone = set()
     for obj in session.deleted:
         key = instance_state(obj)
         if flushed is None or key in flushed:
-            event_id = captured.pop(key, None)
+            event_id = captured.get(key)
             if event_id is not None:
                 gone.add(event_id)
-    if not gone:
-        return
-    pending: Pending = session.info.get(_PENDING, {})
-    for transaction, items in pending.items():
-        pending[transaction] = [i for i in items if i[1].event.id not in gone]
-    state.forget(gone, session)
+    if gone:
+        session.info[_DELETES] = True
+        state.forget(gone, session)
+
+
+def _without_deleted(
+    session: Session, items: list[tuple[_State, Delivery]]
+) -> list[tuple[_State, Delivery]]:
+    """``items`` without the deliveries of users whose delete was committed
+    (SQLAlchemy reverts ``was_deleted`` when a SAVEPOINT around it rolls back)."""
+    captured: dict[Any, str] = session.info.get(_CAPTURED) or {}
+    gone = {event_id for key, event_id in captured.items() if key.was_deleted}
+    return [item for item in items if item[1].event.id not in gone]
 
 
 def after_commit(session: Session) -> None:
@@ -123,8 +134,10 @@ def after_commit(session: Session) -> None:
                 pending.setdefault(nested.parent, []).extend(moved)
             return
         session.info.pop(_PENDING, None)
-        session.info.pop(_CAPTURED, None)
         items = [item for group in pending.values() for item in group]
+        if session.info.pop(_DELETES, False):
+            items = _without_deleted(session, items)
+        session.info.pop(_CAPTURED, None)
         for state, group in _by_state(items):
             outer = _outer_transaction(session, state)
             if outer is None:
@@ -243,6 +256,7 @@ _OUTER_LISTENERS = (
 def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the root ended: its users are settled
         session.info.pop(_CAPTURED, None)
+        session.info.pop(_DELETES, None)
         committed = session.info.pop(_COMMITTED, None)
         if committed:
             try:

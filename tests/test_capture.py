@@ -362,6 +362,35 @@ def test_user_deleted_before_the_commit_fires_nothing(app, postreg, recorder):
     assert [e["email"] for e in events(app)] == ["kept@example.com"]
 
 
+@pytest.mark.savepoints
+def test_delete_undone_by_a_savepoint_rollback_still_fires(app, postreg, recorder):
+    """The delete's flush dropped the user's deliveries; rolling its SAVEPOINT
+    back brings the user (and, in database mode, its outbox rows) back: its hooks
+    run. A delete in a released savepoint stands, unless an outer one is rolled
+    back."""
+    with app.app_context():
+        undone = Account(email="undone@example.com")
+        released = Account(email="released@example.com")
+        outer = Account(email="outer@example.com")
+        db.session.add_all([undone, released, outer])
+        db.session.flush()
+        savepoint = db.session.begin_nested()
+        db.session.delete(undone)
+        db.session.flush()
+        savepoint.rollback()
+        with db.session.begin_nested():
+            db.session.delete(released)
+        savepoint = db.session.begin_nested()
+        with db.session.begin_nested():
+            db.session.delete(outer)
+        savepoint.rollback()
+        db.session.commit()
+    assert registered(app, postreg, recorder) == [
+        "outer@example.com",
+        "undone@example.com",
+    ]
+
+
 def test_flush_of_some_objects_captures_only_those(app, postreg, recorder):
     import warnings
 
