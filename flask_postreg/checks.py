@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import config as _config
+from .scrub import database_url
 from .store.database import DatabaseStore
 from .store.tables import index_problems
 from .store.tables import table_problems
@@ -89,7 +90,7 @@ def _store(state: _State) -> list[Check]:
                 )
             ]
         return [Check("store", "store", True, detail, warning=True)]
-    url = store.engine.url.render_as_string(hide_password=True)
+    url = database_url(store.engine.url)
     try:
         with store.engine.connect() as conn:
             inspector = sa.inspect(conn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 # No quote or "=" in the local part: "email='ann@x.org'" keeps "email='".
 _EMAIL = re.compile(r"[\w.!#$%&*+/?^~-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.IGNORECASE)
@@ -24,6 +25,10 @@ _KEY_VALUES = re.compile(
 
 MAX_MESSAGE = 500
 
+#: Query parameters of a database URL whose value is a secret (libpq's
+#: ``password``, ``sslpassword``, drivers' ``token``, ``api_key``, ...).
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
+
 
 def scrub(
     text: str, secrets: Iterable[str] = (), *, limit: int | None = MAX_MESSAGE
@@ -41,3 +46,15 @@ def scrub(
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+def database_url(url: Any) -> str:
+    """A SQLAlchemy URL to show: the password hidden, wherever it is given (in
+    the user info, or as a query parameter such as libpq's ``password=``)."""
+    hidden = "postreg-hidden"  # rendered unescaped, then shown as ***
+    query = {
+        name: hidden if _SECRET_PARAM.search(name) else value
+        for name, value in url.query.items()
+    }
+    text = str(url.set(query=query).render_as_string(hide_password=True))
+    return text.replace(hidden, "***")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import socket
 
 import pytest
@@ -292,6 +293,29 @@ def test_check_ok(app, postreg, recorder):
     data = json.loads(invoke(app, "check", "--json").output)
     assert data["ok"] is True and data["exit"] == 0
     assert {c["kind"] for c in data["checks"]} == {"config", "store", "hooks"}
+
+
+@pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_check_hides_a_password_given_in_the_url_query(make_app, db_url, caplog):
+    """libpq takes ``?password=`` as well as ``user:password@``: the URL shown by
+    ``check`` and in the missing-tables error hides both."""
+    sep = "&" if "?" in db_url else "?"
+    app, postreg = make_app(url=f"{db_url}{sep}password=S3cretPW")
+    postreg.hook(lambda u, c: None, name="h")
+    result = invoke(app, "check")
+    assert result.exit_code == 0, result.output
+    assert "password=***" in result.output
+    later, _ = make_app(url=f"{db_url}{sep}password=S3cretPW")
+    with later.app_context():  # before its first registration checks the tables
+        db.session.execute(sa.text("DROP TABLE postreg_deliveries"))
+        db.session.commit()
+    with caplog.at_level(logging.ERROR, logger="flask_postreg"), later.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()
+    assert "postreg_deliveries missing" in caplog.text
+    assert "S3cretPW" not in result.output + caplog.text
 
 
 def test_check_missing_tables_exit_1(app, postreg, recorder):

@@ -34,6 +34,7 @@ from ..dispatch import RUNNING
 from ..dispatch import Delivery
 from ..dispatch import Hook
 from ..events import Event
+from ..scrub import database_url
 from . import leases
 from . import queries
 from .base import DeliveryRecord
@@ -142,7 +143,7 @@ class DatabaseStore(Store):
             )
             ok = not missing and not stale
             self._tables_ok[engine] = ok
-            where = engine.url.render_as_string(hide_password=True)
+            where = database_url(engine.url)
             if missing:
                 logger.error(
                     "flask-postreg: table(s) %s missing in database %s. Create them"
