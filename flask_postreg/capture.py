@@ -42,6 +42,9 @@ logger = logging.getLogger("flask_postreg")
 _PENDING = "flask_postreg.pending"
 #: connection.info key: an _Outer (registrations waiting for that transaction).
 _OUTER = "flask_postreg.outer"
+#: connection.info key: registrations of an outer transaction whose COMMIT is
+#: under way, started when the connection begins again or is checked in.
+_COMMITTING = "flask_postreg.committing"
 #: InstanceState -> event id of the users captured in the session's transaction.
 _CAPTURED = "flask_postreg.captured"
 #: Deliveries of a root commit, handed over when the root transaction ends.
@@ -211,11 +214,36 @@ def _defer(connection: Connection, items: list[tuple[_State, Delivery]]) -> None
 
 
 def _outer_commit(connection: Connection) -> None:
+    """SQLAlchemy's ``commit`` event: the database's COMMIT comes after it. A
+    hook started here could miss its own user, and its outcome would wait on
+    (or miss) rows not yet committed: hand over once the COMMIT is done, when
+    the connection begins its next transaction or goes back to the pool."""
     outer: _Outer | None = connection.info.pop(_OUTER, None)
     if outer is not None and outer.items:
+        committing = connection.info.setdefault(_COMMITTING, [])
+        committing.extend(item for _, item in outer.items)
+        engine = connection.engine
+        if not event.contains(engine, "checkin", _outer_checkin):
+            event.listen(engine, "checkin", _outer_checkin)
+
+
+def _outer_begin(connection: Connection) -> None:
+    _hand_over_committed(connection.info)
+
+
+def _outer_checkin(dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        _hand_over_committed(record.info)
+
+
+def _hand_over_committed(info: dict[Any, Any]) -> None:
+    """The COMMIT before this is done: start what it committed (the connection's
+    ``info`` is its pool record's, so it is there at check-in too)."""
+    items = info.pop(_COMMITTING, None)
+    if items:
         try:
-            _hand_over([item for _, item in outer.items])
-        except Exception:  # the outer commit must not raise for us
+            _hand_over(items)
+        except Exception:  # the caller's begin or close must not raise for us
             logger.exception(
                 "flask-postreg could not hand committed registrations over"
             )
@@ -246,6 +274,7 @@ def _outer_release_savepoint(connection: Connection, name: str, context: Any) ->
 
 _OUTER_LISTENERS = (
     ("commit", _outer_commit),
+    ("begin", _outer_begin),
     ("rollback", _outer_rollback),
     ("savepoint", _outer_savepoint),
     ("rollback_savepoint", _outer_rollback_savepoint),

@@ -17,6 +17,7 @@ from typing import Any
 from typing import TypeVar
 
 import click
+import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
@@ -27,7 +28,9 @@ from .dispatch import PENDING
 from .dispatch import RUNNING
 from .dispatch import SUCCEEDED
 from .errors import PostRegError
+from .scrub import scrub
 from .store.database import DatabaseStore
+from .store.tables import RUN_ID_WIDTH
 
 if TYPE_CHECKING:
     from .state import _State
@@ -35,6 +38,12 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATUSES = (PENDING, RUNNING, SUCCEEDED, DEAD)
+#: Upper bounds of the numeric options: past them a value is a typo, and the
+#: database or the clock would fail on it with a traceback.
+MAX_ROWS = 1_000_000
+MAX_BATCH = 10_000
+MAX_SECONDS = 1e7
+MAX_DAYS = 1e5
 
 postreg_group = AppGroup(
     "postreg",
@@ -57,6 +66,17 @@ def _when(
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+def _run_id(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """Click callback: a run id fits its column (checked before a dry run too)."""
+    if value is not None and len(value) > RUN_ID_WIDTH:
+        raise click.BadParameter(
+            f"at most {RUN_ID_WIDTH} characters (this one has {len(value)})",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
 def _state() -> _State:
     state: _State | None = current_app.extensions.get("postreg")
     if state is None:
@@ -76,8 +96,23 @@ def _errors(func: F) -> F:
             return func(*args, **kwargs)
         except (PostRegError, ConfigError) as exc:
             raise click.ClickException(str(exc)) from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise click.ClickException(_database_error(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _database_error(exc: sa.exc.SQLAlchemyError) -> str:
+    """One line for a database error: the driver's own first line, scrubbed (no
+    statement, no parameters: they may hold personal data)."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()
+    first = scrub(text[0] if text else "", limit=300)
+    return (
+        f"the database failed: {type(cause).__name__}: {first}. Check that it is"
+        " reachable (SQLALCHEMY_DATABASE_URI) and not locked by a long"
+        " transaction, then run the command again."
+    )
 
 
 def _hook_names(state: _State) -> list[str]:
@@ -181,7 +216,7 @@ def hooks_command(as_json: bool) -> None:
 @click.argument("hook_names", nargs=-1, metavar="[HOOK]...")
 @click.option(
     "--payload",
-    type=click.File("r"),
+    type=click.File("rb"),
     help='A JSON body {"user": ..., "context": ...}; "-" reads stdin.'
     " Default: Auth0's sample body.",
 )
@@ -245,7 +280,9 @@ def test_command(hook_names: tuple[str, ...], payload: Any, as_json: bool) -> No
     help="Created since: 2h, 3d, 2024-05-01...",
 )
 @click.option("--until", callback=_when, metavar="WHEN", help="Created before WHEN.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=MAX_ROWS), default=50, show_default=True
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_errors
 def deliveries_command(
@@ -343,9 +380,17 @@ def retry_command(
 @click.option("--until", callback=_when, metavar="WHEN", help="... and before WHEN.")
 @click.option("--hook", help="Only this hook (default: every enabled hook).")
 @click.option("--dry-run", is_flag=True, help="Count, write nothing.")
-@click.option("--run-id", help="Resume this run (printed by the first one).")
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=500, show_default=True
+    "--run-id",
+    type=click.STRING,
+    callback=_run_id,
+    help="Resume this run (printed by the first one).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=MAX_BATCH),
+    default=500,
+    show_default=True,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_errors
@@ -452,7 +497,7 @@ def disable_command(hook: str) -> None:
 @postreg_group.command("worker")
 @click.option(
     "--shutdown-timeout",
-    type=click.FloatRange(min=0),
+    type=terminal.Number(min=0, max=MAX_SECONDS),
     help="Seconds running hooks get after SIGTERM (default POSTREG_SHUTDOWN_TIMEOUT).",
 )
 @_errors
@@ -524,7 +569,7 @@ def check_command(ctx: click.Context, ping: bool, as_json: bool) -> None:
 @click.option(
     "--older-than",
     "days",
-    type=click.FloatRange(min=0),
+    type=terminal.Number(min=0, max=MAX_DAYS),
     metavar="DAYS",
     help="Default POSTREG_RETENTION_DAYS.",
 )

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 
 from .dispatch import Hook
 from .errors import PostRegError
+from .store.tables import RUN_ID_WIDTH
 from .store.tables import stored_user_id
 from .worker import require_database
 
@@ -90,9 +91,10 @@ def created_column(model: type) -> sa.Column[Any]:
             return column
     raise PostRegError(
         f"replay selects users by creation time, but {model.__name__} has no column"
-        f" named {', '.join(CREATED_COLUMNS)}. Add one (for example created_at ="
-        " mapped_column(default=datetime.now)), or call postreg.emit(user) for the"
-        " users to backfill."
+        f" named {', '.join(CREATED_COLUMNS)}. Add one in UTC (for example"
+        " created_at = mapped_column(DateTime(timezone=True), default=lambda:"
+        " datetime.now(timezone.utc))), or call postreg.emit(user) for the users to"
+        " backfill."
     )
 
 
@@ -147,6 +149,11 @@ def replay(
     store = require_database(state)
     hooks = choose_hooks(state, hook)
     run_id = run_id or new_run_id()
+    if len(run_id) > RUN_ID_WIDTH:
+        raise PostRegError(
+            f"the run id is {len(run_id)} characters long; a run id has at most"
+            f" {RUN_ID_WIDTH} (the one a replay prints is 36)"
+        )
     model = state.user_model
     column = created_column(model)
     mapper: Any = sa.inspect(model)

@@ -66,8 +66,12 @@ def parse_payload(payload: Any) -> Event:
     if isinstance(payload, (str, bytes, bytearray)):
         try:
             payload = json.loads(payload)
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeDecodeError too: not UTF-8
             raise PostRegError(f"the payload is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise PostRegError(
+                "the payload is not valid JSON: nested too deeply"
+            ) from None
     if isinstance(payload, Event):
         return payload
     if not isinstance(payload, Mapping):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -51,8 +52,25 @@ def parse_when(text: str, *, now: _dt.datetime | None = None) -> _dt.datetime:
             " 30m, 2h, 3d, 1w"
         ) from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
+        return when.replace(tzinfo=_dt.timezone.utc)
+    try:  # an offset that moves it past year 1 or 9999 in UTC
+        when.astimezone(_dt.timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range in UTC (years 1 to 9999)") from None
     return when
+
+
+class Number(click.FloatRange):
+    """A number in a range, and finite: ``nan`` and ``inf`` pass a range check
+    (every comparison with nan is false) and break the arithmetic after it."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def tty() -> bool:

@@ -327,6 +327,36 @@ def test_a_savepoint_of_the_outer_transaction_decides_for_what_it_holds(
     assert registered(app, postreg, recorder) == sorted(expected)
 
 
+@pytest.mark.parametrize("after", ["close", "begin"])
+def test_hooks_of_an_outer_transaction_run_after_its_commit(make_app, after):
+    """SQLAlchemy's ``commit`` event comes before the database's COMMIT: handing
+    over there ran a (sync) hook that could not see its user, and its outcome
+    write waited on the uncommitted rows. They run once the COMMIT is done: when
+    the connection goes back to the pool, or begins its next transaction."""
+    from sqlalchemy.orm import Session
+
+    app, postreg = make_app(POSTREG_BACKEND="sync")
+    seen = []
+
+    @postreg.hook(name="sees", max_attempts=1)
+    def sees(user, context):
+        seen.append(db.session.scalar(sa.select(sa.func.count(Account.id))))
+
+    with app.app_context(), db.engine.connect() as conn:
+        trans = conn.begin()
+        session = Session(bind=conn)
+        session.add(Account(email="joined@example.com"))
+        session.commit()
+        session.close()
+        trans.commit()
+        if after == "begin":
+            with conn.begin():
+                assert seen == [1]
+    assert seen == [1]
+    outcomes = app.extensions["postreg"].store.deliveries(hook="sees")
+    assert [(o.status, o.attempts) for o in outcomes] == [("succeeded", 1)]
+
+
 @pytest.mark.parametrize("outer", ["commit", "rollback"])
 def test_session_with_the_model_bound_to_an_outer_transaction_waits_for_it(
     app, postreg, recorder, outer

@@ -42,9 +42,9 @@ def split_delivery_id(value: str) -> tuple[str, str] | None:
 
 
 def key_rows(ids: Iterable[str]) -> list[dict[str, Any]]:
-    """``b_event``/``b_hook`` parameters of :func:`is_key` for delivery ids;
-    strings that are not delivery ids are ignored."""
-    keys = (split_delivery_id(i) for i in ids)
+    """``b_event``/``b_hook`` parameters of :func:`is_key` for delivery ids,
+    each once; strings that are not delivery ids are ignored."""
+    keys = dict.fromkeys(split_delivery_id(i) for i in ids)  # once each, in order
     return [{"b_event": k[0], "b_hook": k[1]} for k in keys if k is not None]
 
 

@@ -33,6 +33,8 @@ OPEN_STATUSES = f"status IN ('{PENDING}', '{RUNNING}')"
 
 #: Width of ``postreg_events.user_id``.
 USER_ID_WIDTH = 255
+#: Width of ``postreg_events.run_id`` (a replay's run id).
+RUN_ID_WIDTH = 64
 
 
 def stored_user_id(user_id: str | None) -> str | None:
@@ -63,7 +65,9 @@ def tables_for(metadata: sa.MetaData) -> Tables:
                 comment="Auth0-shaped JSON, no secrets",
             ),
             sa.Column("created_at", sa.Float, nullable=False),
-            sa.Column("run_id", sa.String(64), nullable=True, comment="replay run"),
+            sa.Column(
+                "run_id", sa.String(RUN_ID_WIDTH), nullable=True, comment="replay run"
+            ),
             # Only replays set run_id: a partial index costs registrations nothing.
             # Unique: two replays of one run cannot both write a user's event.
             sa.Index(
