@@ -344,6 +344,7 @@ def retry_command(
         raise click.UsageError("--hook goes with --dead")
     state = _state()
     store = _durable(state, "retrying deliveries")
+    delivery_ids = tuple(dict.fromkeys(delivery_ids))  # an id given twice is one
     count = store.retry_dead(hook) if dead else store.retry(delivery_ids)
     if as_json:
         terminal.echo_json({"retried": count})

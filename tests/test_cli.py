@@ -283,6 +283,56 @@ def test_prune(app, postreg, recorder, failing):
     assert invoke(app, "prune", "--older-than", "-1").exit_code == 2
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["prune", "--older-than", "nan"],
+        ["prune", "--older-than", "inf"],
+        ["prune", "--older-than", "1e300"],
+        ["worker", "--shutdown-timeout", "inf"],
+        ["deliveries", "--limit", "99999999999999999999"],
+        ["replay", "--since", "1d", "--dry-run", "--batch-size", "9" * 20],
+        ["replay", "--since", "1d", "--dry-run", "--run-id", "r" * 65],
+        ["replay", "--since", "0001-01-01T00:00+01:00", "--dry-run"],
+    ],
+)
+def test_out_of_range_options_are_usage_errors(app, postreg, args):
+    """nan and inf pass a ``min=0`` range check; huge numbers passed to the
+    database, the clock or a column that is too narrow: each was a traceback."""
+    result = invoke(app, *args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_a_database_error_is_a_message_not_a_traceback(app, postreg, recorder):
+    with app.app_context():
+        db.session.execute(sa.text("DROP TABLE postreg_hook_settings"))
+        db.session.commit()
+    result = invoke(app, "disable", "recorder")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "the database failed: OperationalError" in result.output
+    assert "postreg_hook_settings" in result.output  # the driver's own first line
+
+
+def test_retry_counts_an_id_given_twice_once(app, postreg, recorder, failing):
+    register(app, postreg, "ann@example.com")
+    store = app.extensions["postreg"].store
+    (dead,) = store.deliveries(status="dead")
+    result = invoke(app, "retry", dead.id, dead.id)
+    assert result.exit_code == 0, result.output
+    assert "1 of 1 delivery(ies)" in result.output
+    assert store.retry([dead.id, dead.id]) == 1  # pending: retried again, once
+
+
+def test_test_payload_not_utf8_or_nested_too_deep(app, postreg, recorder, tmp_path):
+    for name, body in (("binary", b"\xff\xfe{}"), ("deep", b"[" * 100_000)):
+        path = tmp_path / f"{name}.json"
+        path.write_bytes(body)
+        result = invoke(app, "test", "recorder", "--payload", str(path))
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+        assert "the payload is not valid JSON" in result.output
+
+
 # -- check ----------------------------------------------------------------------------
 
 
