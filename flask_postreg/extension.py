@@ -235,7 +235,8 @@ class PostReg:
         """Run the hooks for ``user`` (a model instance or a :class:`User`) now.
 
         For paths SQLAlchemy events cannot see (Core ``insert()``, ``bulk_*``):
-        call it after the commit. Returns the event (its id is the idempotency key).
+        call it after the commit. Returns the event (its id is the idempotency key);
+        with ``POSTREG_ENABLED = False`` nothing runs or is written.
         """
         state = self._state(app)
         if isinstance(user, User):
@@ -248,6 +249,8 @@ class PostReg:
                 f"emit() takes a {state.user_model.__name__} instance or a"
                 f" flask_postreg.User, got {type(user).__name__}"
             )
+        if not state.enabled:  # POSTREG_ENABLED = False: nothing runs
+            return event
         marks, run = recording.marks(state, [event])
         if not run:
             state.committed(marks)

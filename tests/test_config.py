@@ -52,6 +52,8 @@ def test_unknown_key_names_the_closest(bare_app):
         ("POSTREG_HOOK_TIMEOUT", float("nan"), "seconds > 0"),
         ("POSTREG_WEBHOOK_TIMEOUT", float("inf"), "seconds > 0"),
         ("POSTREG_MAIL_TIMEOUT", float("nan"), "seconds > 0"),
+        ("POSTREG_SLACK_MIN_INTERVAL", float("inf"), "finite number of seconds"),
+        ("POSTREG_SLACK_MIN_INTERVAL", float("nan"), "finite number of seconds"),
         ("POSTREG_BACKEND", "rq", "must be one of"),
         ("POSTREG_RETRY_SCHEDULE", [], "non-empty list"),
         ("POSTREG_RETRY_SCHEDULE", [float("nan")], "non-empty list"),

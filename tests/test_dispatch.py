@@ -266,6 +266,41 @@ def test_sync_backend_runs_after_the_session_gave_its_connection_back(make_app, 
     assert not caplog.records
 
 
+def test_a_disabled_extension_captures_and_emits_nothing(make_app):
+    """``POSTREG_ENABLED = False``: neither a commit nor ``emit()`` runs a hook
+    or writes an outbox row (``emit()`` still returns the event it made)."""
+    app, postreg = make_app(POSTREG_ENABLED=False)
+    ran = []
+    postreg.hook(lambda u, c: ran.append(u.email), name="h")
+    with app.app_context():
+        account = Account(email="ann@example.com")
+        db.session.add(account)
+        db.session.commit()
+        event = postreg.emit(account)
+    assert postreg.join(10)
+    assert ran == [] and event.user.email == "ann@example.com"
+    assert postreg.store(app).deliveries() == []
+
+
+@pytest.mark.parametrize("store", ["memory", "database"])
+def test_both_stores_list_the_newest_registration_first(make_app, store):
+    """Ann's retry ends after Bob registered: the memory store listed by latest
+    outcome (Ann first), the database store by event (Bob first)."""
+    app, postreg = make_app(POSTREG_STORE=store, POSTREG_RETRY_SCHEDULE=[0.3])
+    flaky = FailsFirst(1)
+
+    @postreg.hook(name="a", max_attempts=2)
+    def hook(user, context):
+        if user.email == "ann@example.com":
+            flaky(user, context)
+
+    register(app, "ann@example.com")
+    register(app, "bob@example.com")
+    assert postreg.join(10)
+    listed = postreg.store(app).deliveries(hook="a")
+    assert [d.attempts for d in listed] == [1, 2]  # Bob's, then Ann's retried one
+
+
 def test_disabled_hook_does_not_run(app, postreg, recorder):
     ran = []
     postreg.hook(lambda u, c: ran.append(1), name="off", enabled=False)

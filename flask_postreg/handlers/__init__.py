@@ -16,6 +16,7 @@ from flask import Blueprint
 from ..config import PREFIX
 from ..config import ConfigError
 from ..config import check_bool
+from ..config import is_seconds
 from ..config import positive_float
 from ..config import positive_int
 from ..config import register
@@ -49,9 +50,10 @@ def _opt_bool(name: str, value: Any) -> bool | None:
 
 
 def _seconds_or_zero(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (value == 0 or is_seconds(value)):
         raise ConfigError(
-            f"{PREFIX}{name} must be a number of seconds >= 0, got {value!r}"
+            f"{PREFIX}{name} must be a finite number of seconds >= 0, got {value!r}"
         )
     return float(value)
 

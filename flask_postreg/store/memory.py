@@ -104,7 +104,9 @@ class MemoryStore(Store):
     ) -> list[DeliveryRecord]:
         with self._lock:
             items = list(self._deliveries.values())
-        items.reverse()
+        # Newest first, as the database store lists them (event ids start with
+        # their time), not by latest outcome: a late retry does not jump ahead.
+        items.sort(key=lambda d: (d.event_id, d.hook), reverse=True)
         low = -math.inf if since is None else to_epoch(since)  # naive: UTC
         high = math.inf if until is None else to_epoch(until)
         return [
