@@ -9,19 +9,25 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import threading
 import time
 
 import pytest
 import sqlalchemy as sa
 
+from flask_postreg import User
 from flask_postreg import hook_failed
+from flask_postreg.events import Context
+from flask_postreg.events import Event
+from flask_postreg.events import event_id_floor
 
 from .conftest import BOTH_DATABASES
 from .models import Account
 from .models import db
 from .outbox import deliveries
 from .outbox import due_deliveries
+from .outbox import events
 from .outbox import row
 from .outbox import written_deliveries
 
@@ -394,3 +400,47 @@ def test_a_worker_runs_deliveries_when_the_app_uses_the_sync_backend(make_app):
         stop.set()
         runner.join(30)
     assert [d.status for d in deliveries(app)] == ["succeeded"]
+
+
+def test_the_poller_prunes_with_the_retention_days_once_an_hour(make_app):
+    """``POSTREG_RETENTION_DAYS``: the poller's first round prunes succeeded
+    deliveries older than that (and their events); the rounds after it, within
+    the hour, do not read the table again."""
+    app, postreg = make_app(POSTREG_RETENTION_DAYS=2)
+    postreg.hook(lambda u, c: None, name="h")
+    state = app.extensions["postreg"]
+    s = state.store
+    d, e = s.t.deliveries, s.t.events
+
+    def succeeded(days_ago):
+        when = time.time() - days_ago * 86400
+        event_id = event_id_floor(when) + os.urandom(8).hex()
+        user = User(id=str(days_ago), email=f"u{days_ago}@example.com")
+        with s.engine.begin() as conn:
+            s.write(conn, [Event(event_id, user, Context(event_id=event_id))], [])
+            conn.execute(
+                sa.insert(d).values(
+                    event_id=event_id,
+                    hook="h",
+                    status="succeeded",
+                    attempts=1,
+                    claim=1,
+                    next_attempt_at=when,
+                    created_at=when,
+                    updated_at=when,
+                )
+            )
+            conn.execute(sa.update(e).where(e.c.id == event_id).values(created_at=when))
+        return event_id
+
+    class Idle:  # takes no claims: only the prune is under test
+        def capacity(self):
+            return 0
+
+    old, recent = succeeded(3), succeeded(1)
+    state.poller.poll_once(Idle())
+    assert {r.event_id for r in deliveries(app)} == {recent}
+    assert old not in {x["id"] for x in events(app)}
+    later = succeeded(3)
+    state.poller.poll_once(Idle())  # within the hour: not pruned again yet
+    assert {r.event_id for r in deliveries(app)} == {recent, later}

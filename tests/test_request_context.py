@@ -83,3 +83,30 @@ def test_parser_never_raises_on_junk():
         "en;q=-1",
     ]:
         assert parse_accept_language(junk) is None
+
+
+def test_configured_tenant_connection_and_default_language_outside_a_request(
+    make_app,
+):
+    """``POSTREG_TENANT``, ``POSTREG_CONNECTION`` and ``POSTREG_DEFAULT_LANGUAGE``
+    reach a hook run for a registration made outside any request (a CLI)."""
+    app, postreg = make_app(
+        POSTREG_TENANT="acme",
+        POSTREG_CONNECTION={"id": "con_42", "name": "Corporate-LDAP"},
+        POSTREG_DEFAULT_LANGUAGE="de",
+    )
+    seen = []
+    postreg.hook(lambda user, context: seen.append((user, context)), name="seen")
+    with app.app_context():
+        db.session.add(Account(email="cli@example.com"))
+        db.session.commit()
+    assert postreg.join(10)
+    ((user, context),) = seen
+    assert user.tenant == context.tenant == "acme"
+    connection = context.connection
+    assert (connection.id, connection.name, connection.tenant) == (
+        "con_42",
+        "Corporate-LDAP",
+        "acme",
+    )
+    assert context.request is None and context.request_language == "de"
