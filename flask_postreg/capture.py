@@ -228,22 +228,24 @@ def _outer_commit(connection: Connection) -> None:
 
 
 def _outer_begin(connection: Connection) -> None:
-    _hand_over_committed(connection.info)
+    """The COMMIT before this is done (the connection's ``info`` is its pool
+    record's, so what it committed is found at check-in too)."""
+    _hand_over_kept(connection.info, _COMMITTING)
 
 
 def _outer_checkin(dbapi_connection: Any, record: Any) -> None:
     if record is not None:
-        _hand_over_committed(record.info)
+        _hand_over_kept(record.info, _COMMITTING)
 
 
-def _hand_over_committed(info: dict[Any, Any]) -> None:
-    """The COMMIT before this is done: start what it committed (the connection's
-    ``info`` is its pool record's, so it is there at check-in too)."""
-    items = info.pop(_COMMITTING, None)
+def _hand_over_kept(info: dict[Any, Any], key: str) -> None:
+    """Start the committed registrations kept in ``info`` under ``key``. Never
+    raises: the caller's commit, begin or close must not fail for us."""
+    items = info.pop(key, None)
     if items:
         try:
             _hand_over(items)
-        except Exception:  # the caller's begin or close must not raise for us
+        except Exception:
             logger.exception(
                 "flask-postreg could not hand committed registrations over"
             )
@@ -286,14 +288,7 @@ def after_transaction_end(session: Session, transaction: SessionTransaction) -> 
     if transaction.parent is None:  # the root ended: its users are settled
         session.info.pop(_CAPTURED, None)
         session.info.pop(_DELETES, None)
-        committed = session.info.pop(_COMMITTED, None)
-        if committed:
-            try:
-                _hand_over(committed)
-            except Exception:  # commit() must not raise for us
-                logger.exception(
-                    "flask-postreg could not hand committed registrations over"
-                )
+        _hand_over_kept(session.info, _COMMITTED)
     pending: Pending | None = session.info.get(_PENDING)
     if not pending:
         return
