@@ -3,7 +3,9 @@
 Each chosen hook runs one attempt in a fresh app context (as a worker would:
 secrets filled in, async hooks awaited) on its own thread, bounded by the hook's
 timeout. Nothing is written: no event, no delivery row, no outcome, no signal.
-The log records the hook emitted on that thread are collected for display.
+The log records the hook emitted on that thread, and what it printed (Auth0's
+Runner shows ``console.log`` output), are collected for display, so a hook's
+``print()`` cannot break ``flask postreg test --json``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -18,6 +21,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import TextIO
 
 from .dispatch import Delivery
 from .dispatch import Hook
@@ -120,6 +124,37 @@ class _Capture(logging.Handler):
                 self.lines.append(f"{record.levelname} {record.name}: {record.msg!r}")
 
 
+class _Printed:
+    """Stands in for ``sys.stdout``/``sys.stderr`` while a hook runs: lines the
+    hook's thread writes go to ``capture``; every other thread's writes go on to
+    the stream it replaced (the process's stdout is shared by all threads)."""
+
+    def __init__(self, stream: TextIO, capture: _Capture) -> None:
+        self.stream = stream
+        self.capture = capture
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        if self.capture.thread is None or threading.get_ident() != self.capture.thread:
+            return self.stream.write(text)
+        *lines, self.partial = (self.partial + str(text)).split("\n")
+        self.capture.lines.extend(lines)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.capture.thread is None or threading.get_ident() != self.capture.thread:
+            self.stream.flush()
+
+    def close_line(self) -> None:
+        """Keep what was printed without a final newline."""
+        if self.partial:
+            self.capture.lines.append(self.partial)
+            self.partial = ""
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno...
+        return getattr(self.stream, name)
+
+
 def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
     """One attempt of ``hook`` on its own thread, bounded by its timeout."""
     dispatcher = state.dispatcher
@@ -136,6 +171,8 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
     root.addHandler(capture)
     if root.getEffectiveLevel() > LOG_LEVEL:
         root.setLevel(LOG_LEVEL)
+    out, err = _Printed(sys.stdout, capture), _Printed(sys.stderr, capture)
+    sys.stdout, sys.stderr = out, err
     timeout = hook.timeout or state.values["HOOK_TIMEOUT"]
     start = time.perf_counter()
     try:
@@ -145,6 +182,15 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
         thread.start()
         thread.join(timeout)
     finally:
+        # Put back only what is still ours (something else may have swapped
+        # them meanwhile); a hook still running past its timeout prints to
+        # the real streams from now on.
+        if sys.stdout is out:
+            sys.stdout = out.stream
+        if sys.stderr is err:
+            sys.stderr = err.stream
+        out.close_line()
+        err.close_line()
         root.setLevel(old_level)
         root.removeHandler(capture)
     if outcome:

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import socket
+import sys
 
 import pytest
 import sqlalchemy as sa
@@ -153,6 +154,32 @@ def test_test_chosen_hook_json_and_payload_file(
     assert recorder.emails[-1] == "bob@example.com"
     data = json.loads(invoke(app, "test", "failing", "--json").output)
     assert data["ok"] is False and data["results"][0]["error_class"] == "PermanentError"
+
+
+def test_test_keeps_what_a_hook_prints_out_of_the_json(app, postreg):
+    """The README's quick-start hook print()s: its lines are the hook's logs
+    (like Auth0's console.log in its Runner), not text in the JSON stream."""
+
+    @postreg.hook(name="printer")
+    def printer(user, context):
+        print("New user:", user.email, "language:", context.request_language)
+        print("no newline at the end", end="")
+        sys.stderr.write("to stderr\n")
+
+    result = invoke(app, "test", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    # A line left without its newline is kept, last.
+    assert data["results"][0]["logs"] == [
+        "New user: user1@foo.com language: en-us",
+        "to stderr",
+        "no newline at the end",
+    ]
+    result = invoke(app, "test")
+    assert "      | New user: user1@foo.com language: en-us" in result.output
+    # The streams are given back: this print() reaches pytest's capture.
+    print("after the Runner")
+    assert type(sys.stdout).__name__ != "_Printed"
 
 
 def test_test_errors(app, postreg, recorder):
