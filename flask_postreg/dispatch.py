@@ -157,6 +157,24 @@ def _leaves(value: Any, found: set[Any]) -> None:
         found.add(value)
 
 
+def _secret_texts(secrets: Mapping[str, Any]) -> set[str]:
+    """Every text in a secrets mapping to hide: its scalar values, and the
+    strings nested in dicts and lists (``{"crm": {"token": ...}}``)."""
+    found = {
+        str(v)
+        for v in secrets.values()
+        if v is not None and not isinstance(v, (Mapping, list, tuple))
+    }
+    _leaves(secrets, found)
+    return found
+
+
+#: How many texts a callable ``POSTREG_SECRETS`` returned are kept to be hidden:
+#: it may return a new token for each attempt (a vault), and an attempt's
+#: error is scrubbed after the call, when the callable may say something else.
+SEEN_SECRETS = 256
+
+
 class RetryPolicy:
     """Delays between attempts: the schedule, jittered by +/- ``jitter``.
 
@@ -238,14 +256,26 @@ class Dispatcher:
         self._secrets = secrets
         self.store = store
         self._scrub_values: set[str] = set()
+        self._seen_secrets: dict[str, None] = {}  # oldest first, bounded
 
     def add_scrub_values(self, values: Iterable[str]) -> None:
         """Texts (webhook URLs, tokens) that must never appear in logs or rows."""
         self._scrub_values.update(v for v in values if v)
 
     def secrets(self) -> Mapping[str, Any]:
-        value = self._secrets() if callable(self._secrets) else self._secrets
-        return value or {}
+        """``POSTREG_SECRETS`` for one attempt (call a callable in an app
+        context); a callable's texts are remembered, to be hidden later."""
+        if not callable(self._secrets):
+            return self._secrets or {}
+        value = self._secrets() or {}
+        seen = self._seen_secrets
+        for text in _secret_texts(value):
+            seen.pop(text, None)
+            seen[text] = None
+        with contextlib.suppress(RuntimeError, KeyError, StopIteration):
+            while len(seen) > SEEN_SECRETS:  # another thread may trim too
+                seen.pop(next(iter(seen)))
+        return value
 
     def scrub_values(self, delivery: Delivery | None = None) -> set[str]:
         """Every text to hide: secrets, and the delivery's own personal data (a
@@ -255,14 +285,13 @@ class Dispatcher:
         if delivery is not None:
             values.update(delivery.hook.secrets)
             values.update(personal_values(delivery.event))
-        with contextlib.suppress(Exception):  # a broken secrets callable
-            secrets = self.secrets()
-            values.update(
-                str(v)
-                for v in secrets.values()
-                if v is not None and not isinstance(v, (Mapping, list, tuple))
-            )
-            _leaves(secrets, values)  # {"crm": {"token": ...}} too
+        if callable(self._secrets):
+            # What attempts saw: calling it here (outside an app context, maybe
+            # getting a rotated token) could miss the text an error quotes.
+            with contextlib.suppress(RuntimeError):  # resized by another thread
+                values.update(list(self._seen_secrets))
+        else:
+            values.update(_secret_texts(self._secrets or {}))
         return values
 
     def prepare(self, delivery: Delivery) -> Delivery | None:

@@ -325,6 +325,66 @@ def test_hooks_get_secrets_which_are_never_logged(make_app, caplog):
     assert "[secret]" in outcome.error
 
 
+def test_secrets_callable_runs_in_the_app_context_and_stays_hidden(
+    make_app, caplog
+):
+    """POSTREG_SECRETS may be a callable (a vault, the app's config): resolved for
+    each attempt in an app context, and what it returned is hidden from stored
+    errors and logs even when it returns a new value each time (rotated tokens)."""
+    calls = []
+
+    def secrets():
+        calls.append(1)
+        return {"CRM_TOKEN": f"{current_app.config['CRM_PREFIX']}-{len(calls)}"}
+
+    app, postreg = make_app(POSTREG_SECRETS=secrets, CRM_PREFIX="tok-rotating")
+    seen = []
+
+    def uses_secret(user, context):
+        seen.append(context.secrets["CRM_TOKEN"])
+        raise RuntimeError(f"CRM rejected token {context.secrets['CRM_TOKEN']}")
+
+    postreg.hook(uses_secret, name="crm", max_attempts=2)
+    with caplog.at_level(logging.DEBUG):
+        register(app)
+        assert postreg.join(10)
+    assert seen[:2] == ["tok-rotating-1", seen[1]] and len(set(seen)) == 2
+    assert "tok-rotating" not in caplog.text
+    failures = outcomes(app, hook="crm")
+    assert [o.status for o in failures] == ["dead", "pending"]
+    for outcome in failures:
+        assert "tok-rotating" not in outcome.error and "[secret]" in outcome.error
+
+
+def test_a_broken_secrets_callable_fails_the_attempt_not_the_registration(
+    make_app, caplog
+):
+    broken = [True]
+
+    def secrets():
+        if broken[0]:
+            raise LookupError("the vault is sealed")
+        return {"CRM_TOKEN": "tok-from-the-vault"}
+
+    app, postreg = make_app(POSTREG_SECRETS=secrets)
+    seen = []
+    postreg.hook(
+        lambda user, context: seen.append(context.secrets["CRM_TOKEN"]),
+        name="crm",
+        max_attempts=3,
+    )
+    with caplog.at_level(logging.WARNING, logger="flask_postreg"):
+        register(app)
+        assert postreg.join(10)
+    failed = outcomes(app, hook="crm")[0]  # newest first
+    assert (failed.status, failed.error_class) == ("dead", "LookupError")
+    assert "vault is sealed" in caplog.text
+    broken[0] = False
+    register(app, "bob@example.com")
+    assert postreg.join(10)
+    assert seen == ["tok-from-the-vault"]
+
+
 def test_duplicate_hook_name_is_refused(postreg):
     postreg.hook(lambda u, c: None, name="x")
     with pytest.raises(ValueError, match="already registered"):
