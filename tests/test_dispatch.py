@@ -325,9 +325,7 @@ def test_hooks_get_secrets_which_are_never_logged(make_app, caplog):
     assert "[secret]" in outcome.error
 
 
-def test_secrets_callable_runs_in_the_app_context_and_stays_hidden(
-    make_app, caplog
-):
+def test_secrets_callable_runs_in_the_app_context_and_stays_hidden(make_app, caplog):
     """POSTREG_SECRETS may be a callable (a vault, the app's config): resolved for
     each attempt in an app context, and what it returned is hidden from stored
     errors and logs even when it returns a new value each time (rotated tokens)."""
