@@ -1,4 +1,5 @@
-"""Real processes: the example app's Runner, and workers stopped by SIGTERM."""
+"""Real processes: the example app's Runner, workers stopped by SIGTERM, and a
+web process whose interpreter exits while a hook runs."""
 
 from __future__ import annotations
 
@@ -161,6 +162,82 @@ def test_sigterm_mid_delivery_and_a_second_worker_finishes(tmp_path):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+        worker_app.postreg.shutdown(5)
+        with app.app_context():
+            db.engine.dispose()
+
+
+# -- interpreter exit (POSTREG_SHUTDOWN_TIMEOUT) -----------------------------------
+
+
+def exit_mid_hook(url, folder, shutdown_timeout, **extra):
+    """A web process whose main thread ends while its hook runs."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.worker_app", str(shutdown_timeout)],
+        cwd=ROOT,
+        env=env(WORKER_DB=url, WORKER_DIR=str(folder), **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_exit_lets_a_running_hook_finish_within_the_shutdown_timeout(tmp_path):
+    url = f"sqlite:///{tmp_path}/exit.db"
+    child = exit_mid_hook(url, tmp_path, 30)
+    try:
+        line = child.stdout.readline()
+        assert line == "main thread done\n", line
+        # The main thread has ended; the interpreter waits in its atexit drain.
+        assert child.poll() is None
+        (tmp_path / "open").write_text("")
+        out, _ = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert child.returncode == 0, out
+    assert "unfinished" not in out
+    assert (tmp_path / "done").read_text() == "ann@example.com\n"
+    engine = sa.create_engine(url)
+    try:
+        assert statuses(engine) == [("succeeded", 1)]
+    finally:
+        engine.dispose()
+
+
+def test_exit_past_the_shutdown_timeout_leaves_the_delivery_to_another_process(
+    tmp_path, monkeypatch
+):
+    from . import worker_app
+    from .models import db
+
+    url = f"sqlite:///{tmp_path}/exit.db"
+    child = exit_mid_hook(url, tmp_path, 0.3, WORKER_HOOK_TIMEOUT="2")
+    try:
+        out, _ = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    # The hook never returned: the process still exited, after its 0.3 s drain.
+    assert child.returncode == 0, out
+    assert "shut down with 1 deliveries unfinished after 0.3s" in out
+    assert not (tmp_path / "done").exists()
+    # Not lost: the row is still leased (or, had the 2 s timeout struck first,
+    # pending a retry). Another process's poller runs it once the lease ends.
+    monkeypatch.setenv("WORKER_DB", url)
+    monkeypatch.setenv("WORKER_DIR", str(tmp_path))  # the hook reads it here too
+    app = worker_app.create_app(POSTREG_RUN_IN_WEB=True, POSTREG_POLL_INTERVAL=0.05)
+    with app.app_context():
+        engine = db.engine
+    try:
+        assert statuses(engine) in ([("running", 1)], [("pending", 1)])
+        (tmp_path / "open").write_text("")
+        worker_app.postreg.start(app)
+        wait_for(lambda: statuses(engine) == [("succeeded", 2)], what="the retry")
+        assert (tmp_path / "done").read_text() == "ann@example.com\n"
+    finally:
         worker_app.postreg.shutdown(5)
         with app.app_context():
             db.engine.dispose()
