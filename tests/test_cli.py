@@ -490,6 +490,36 @@ def test_check_ping_exit_2_when_an_endpoint_is_down(make_app):
     assert data["exit"] == 2
 
 
+def test_check_ping_slack_webhook_and_token_modes(make_app):
+    """Slack's host is pinged in both modes, and neither the webhook URL (its
+    path is the secret) nor the token is printed."""
+    hook_path = "/services/T0000/B0000/XXXXsecretXXXX"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        up = listener.getsockname()[1]
+        app, _postreg = make_app(
+            POSTREG_SLACK_WEBHOOK_URL=f"http://127.0.0.1:{up}{hook_path}"
+        )
+        result = invoke(app, "check", "--ping")
+    assert result.exit_code == 0, result.output
+    assert f"127.0.0.1:{up} reachable" in result.output
+    assert "XXXXsecret" not in result.output
+
+    down = closed_port()
+    app, _postreg = make_app(
+        POSTREG_SLACK_TOKEN="xoxb-not-a-real-token",
+        POSTREG_SLACK_CHANNEL="#signups",
+        POSTREG_SLACK_BASE_URL=f"http://127.0.0.1:{down}/api/",
+    )
+    result = invoke(app, "check", "--ping", "--json")
+    assert result.exit_code == 2, result.output
+    pings = [c for c in json.loads(result.output)["checks"] if c["kind"] == "ping"]
+    assert [(c["name"], c["ok"]) for c in pings] == [("slack", False)]
+    assert f"127.0.0.1:{down} unreachable" in pings[0]["detail"]
+    assert "xoxb" not in result.output
+
+
 def test_check_warns_of_an_smtp_login_in_clear(make_app):
     mail = {
         "POSTREG_MAIL_NOTIFY": ["ops@example.com"],
