@@ -13,6 +13,7 @@ from typing import Any
 from typing import TypeVar
 from typing import overload
 
+import sqlalchemy as sa
 from flask import Flask
 from flask import current_app
 from flask import has_app_context
@@ -239,30 +240,36 @@ class PostReg:
         with ``POSTREG_ENABLED = False`` nothing runs or is written.
         """
         state = self._state(app)
-        if isinstance(user, User):
-            event = state.event_for(user)
-        elif isinstance(user, state.user_model):
-            load_expired(user)
-            event = state.snapshot(user)
-        else:
+        if not isinstance(user, (User, state.user_model)):
             raise TypeError(
                 f"emit() takes a {state.user_model.__name__} instance or a"
                 f" flask_postreg.User, got {type(user).__name__}"
             )
-        if not state.enabled:  # POSTREG_ENABLED = False: nothing runs
-            return event
-        marks, run = recording.marks(state, [event])
-        if not run:
-            state.committed(marks)
-            return event
-        if isinstance(state.store, DatabaseStore):
+        if state.enabled and isinstance(state.store, DatabaseStore):
+            # One transaction of its own for the outbox rows. An instance whose
+            # attributes the commit expired is read on it too, not through its
+            # session: that may hold the pool's only connection, or be closed.
             with state.store.engine.begin() as conn:
-                outbox = conn if state.store.tables_present(conn) else None
-                deliveries = state.deliveries([event], outbox)
+                event = self._event(state, user, conn)
+                marks, run = recording.marks(state, [event])
+                outbox = conn if run and state.store.tables_present(conn) else None
+                deliveries = state.deliveries([event], outbox) if run else []
         else:
-            deliveries = state.deliveries([event], None)
+            event = self._event(state, user, None)
+            if not state.enabled:  # POSTREG_ENABLED = False: nothing runs
+                return event
+            marks, run = recording.marks(state, [event])
+            deliveries = state.deliveries([event], None) if run else []
         state.committed(marks + deliveries)
         return event
+
+    @staticmethod
+    def _event(state: _State, user: Any, connection: sa.Connection | None) -> Event:
+        """The event for emit()'s ``user``: a :class:`User`, or a model instance
+        (expired attributes loaded first, on ``connection`` when given)."""
+        if isinstance(user, User):
+            return state.event_for(user)
+        return state.snapshot(load_expired(user, connection))
 
     def run_test(
         self,

@@ -183,16 +183,28 @@ def _as_text(value: Any) -> str | None:
     return text[:1024]
 
 
-def load_expired(instance: Any) -> None:
-    """Load the attributes a commit expired (outside a flush only: one SELECT).
+def load_expired(instance: Any, connection: sa.Connection | None = None) -> Any:
+    """``instance`` with the attributes a commit expired loaded again (outside a
+    flush only: one SELECT); the snapshot reads loaded state, never SQL, and
+    ``emit(user)`` after a commit would otherwise send an empty user.
 
-    A snapshot reads the loaded state, never SQL (it runs inside the flush);
-    ``emit(user)`` after a commit would otherwise see an empty user.
+    With ``connection`` the row is read there, into a copy: the instance's
+    session may hold the pool's only connection for as long as it lives, or be
+    closed already. Without it, the instance's own session loads it.
     """
     state = sa.inspect(instance)
     expired = state.expired_attributes
     if not expired:
-        return
+        return instance
+    if connection is not None and state.identity is not None:
+        with sa.orm.Session(bind=connection) as session:
+            fresh = session.get(state.mapper.class_, state.identity)
+        if fresh is None:
+            raise PostRegError(
+                f"emit() got a {type(instance).__name__} that is no longer in the"
+                " database (its row was deleted after the commit)"
+            )
+        return fresh
     try:
         getattr(instance, next(iter(expired)))  # refreshes every expired column
     except sa.orm.exc.DetachedInstanceError:
@@ -201,6 +213,7 @@ def load_expired(instance: Any) -> None:
             " the commit and whose session is closed, so they cannot be loaded:"
             " call emit() before the session ends, or pass flask_postreg.User(...)"
         ) from None
+    return instance
 
 
 def build_user(fields: FieldMap, instance: Any, tenant: str | None) -> User:

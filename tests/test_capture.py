@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from flask_postreg import PostRegError
 from flask_postreg import User
 from flask_postreg.testing import record_events
 
@@ -250,6 +251,39 @@ def test_emit_right_after_the_commit_sends_the_whole_user(app, postreg, recorder
     assert (event.user.email, event.user.username) == ("saved@example.com", "saved")
     assert event.user.id is not None
     assert registered(app, postreg, recorder) == ["saved@example.com"]
+
+
+def test_emit_after_the_commit_with_a_pool_of_one_connection(make_app, recorder):
+    """Loading what the commit expired must not keep the pool's only connection
+    in the app's session while emit() needs one for the outbox rows: it used
+    to wait for the pool's timeout and fail. A session already closed works
+    too (database store): the row is read on emit()'s own connection."""
+    app, postreg = make_app(
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 1}
+    )
+    postreg.hook(recorder, name="recorder")
+    with app.app_context():
+        for email in ("one@example.com", "two@example.com"):
+            with record_events(app):  # as a bulk path would: no hooks
+                db.session.add(Account(email=email, username=email[:3]))
+                db.session.commit()
+        one, two = db.session.scalars(sa.select(Account).order_by(Account.id)).all()
+        db.session.commit()  # expires both
+        event = postreg.emit(one)
+        db.session.close()  # two is now detached, its attributes expired
+        detached = postreg.emit(two)
+        db.session.execute(sa.delete(Account).filter_by(email="one@example.com"))
+        db.session.commit()
+        with pytest.raises(PostRegError, match="no longer in the database"):
+            postreg.emit(one)
+    assert (event.user.email, event.user.username) == ("one@example.com", "one")
+    (two_id,) = sa.inspect(two).identity
+    assert (detached.user.email, detached.user.id) == ("two@example.com", str(two_id))
+    # one's row is gone since: its event stays, like an emitted User's.
+    assert registered(app, postreg, recorder, emitted=["one@example.com"]) == [
+        "one@example.com",
+        "two@example.com",
+    ]
 
 
 def test_emit_rejects_other_objects(app, postreg):
