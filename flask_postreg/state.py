@@ -196,6 +196,8 @@ class _State:
 
     def start(self) -> None:
         """Start the pool (and poller) in this process if not yet running."""
+        if not self.enabled:  # POSTREG_ENABLED = False: not even pending rows
+            return
         if not self.run_here:  # POSTREG_RUN_IN_WEB = False: a worker runs them
             return
         if self._started_pid != os.getpid():

@@ -67,6 +67,11 @@ def run(
     stop: threading.Event | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); return deliveries released."""
+    if not state.enabled:
+        raise PostRegError(
+            "POSTREG_ENABLED is False for this app: it runs no hooks, so a worker"
+            " has nothing to do. Set it to True where deliveries should run."
+        )
     store = require_database(state)
     stop = stop or threading.Event()
     previous: dict[int, Any] = {}

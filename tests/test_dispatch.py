@@ -282,6 +282,33 @@ def test_a_disabled_extension_captures_and_emits_nothing(make_app):
     assert postreg.store(app).deliveries() == []
 
 
+def test_a_disabled_app_runs_no_pending_row_and_no_worker(make_app):
+    """``POSTREG_ENABLED = False`` runs no hook: its first request (or
+    ``postreg.start()``) starts no pool or poller, so rows another process left
+    pending stay pending; ``flask postreg worker`` refuses to start."""
+    from flask_postreg import PostRegError
+    from flask_postreg import worker
+
+    web, web_postreg = make_app(POSTREG_RUN_IN_WEB=False)
+    ran = []
+    web_postreg.hook(lambda u, c: ran.append(u.email), name="h")
+    register(web)
+    assert web_postreg.join(10)
+    app, postreg = make_app(POSTREG_ENABLED=False, POSTREG_POLL_INTERVAL=0.05)
+    postreg.hook(lambda u, c: ran.append(u.email), name="h")
+    assert app.test_client().get("/").status_code == 404
+    postreg.start(app)
+    state = app.extensions["postreg"]
+    assert state.backend.started_threads == 0
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(PostRegError, match="POSTREG_ENABLED is False"):
+        worker.run(state, shutdown_timeout=1.0, stop=stop)
+    assert state.backend.started_threads == 0
+    assert ran == []
+    assert [d.status for d in postreg.store(app).deliveries()] == ["pending"]
+
+
 @pytest.mark.parametrize("store", ["memory", "database"])
 def test_both_stores_list_the_newest_registration_first(make_app, store):
     """Ann's retry ends after Bob registered: the memory store listed by latest
