@@ -28,6 +28,7 @@ from .models import db
 from .outbox import deliveries
 from .outbox import due_deliveries
 from .outbox import events
+from .outbox import make_event
 from .outbox import row
 from .outbox import written_deliveries
 
@@ -131,6 +132,28 @@ def test_release_takes_any_number_of_ids(make_app):
 
 
 @both
+def test_a_claimed_row_is_leased_for_its_own_hook_only(make_app):
+    """A poller claiming a 1 s hook's row must not lease it for a 600 s hook's
+    timeout: should the process die, that row would wait ten minutes."""
+    app, postreg = make_app(POSTREG_LEASE_GRACE=5.0)
+    postreg.hook(lambda user, context: None, name="quick", timeout=1.0)
+    postreg.hook(lambda user, context: None, name="slow", timeout=600.0)
+    state = app.extensions["postreg"]
+    s = state.store
+    with s.engine.begin() as conn:
+        written = s.write(conn, [make_event(1)], state.hooks())
+    s.release([d.row_id for d in written])
+    before = time.time()
+    claimed = {d.hook.name: d for d in s.claim_due(state.hooks(), 10)}
+    after = time.time()
+    assert set(claimed) == {"quick", "slow"}
+    rows = {d.hook: d for d in deliveries(app)}
+    for name, timeout in (("quick", 1.0), ("slow", 600.0)):
+        lease = claimed[name].lease_until
+        assert before + timeout + 5.0 <= lease <= after + timeout + 5.0
+        assert rows[name].locked_until == pytest.approx(lease)
+
+
 def test_claim_due_takes_at_most_limit(make_app):
     """PostgreSQL once claimed every due row per poll (a rescanned LIMIT subquery)."""
     _app, state, s = due_deliveries(make_app, 50)

@@ -322,11 +322,9 @@ class DatabaseStore(Store):
             return []
         by_name = {h.name: h for h in hooks}
         now = time.time()
-        lease = self._lease(hooks, now)
+        ends = {h.name: self._lease([h], now) for h in hooks}
         with self.engine.begin() as conn:
-            claimed = leases.claim_due(
-                conn, self.t.deliveries, by_name, limit, lease, now
-            )
+            claimed = leases.claim_due(conn, self.t.deliveries, ends, limit, now)
             events = self._load_events(conn, {c.event_id for c in claimed})
             lost = [c for c in claimed if c.event_id not in events]
             if lost:
@@ -357,7 +355,7 @@ class DatabaseStore(Store):
                     attempt=c.attempts,
                     row_id=delivery_id(c.event_id, c.hook),
                     claim=c.claim,
-                    lease_until=lease,
+                    lease_until=ends[c.hook],
                 )
             )
         return deliveries

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,7 +72,9 @@ def still_held(d: sa.Table) -> Any:
     )
 
 
-def claim_values(d: sa.Table, lease: float, now: float) -> dict[str, Any]:
+def claim_values(
+    d: sa.Table, lease: float | sa.ColumnElement[Any], now: float
+) -> dict[str, Any]:
     """A claim: one more attempt, a new token, the lease (and the poller's next
     look at the row, should this process die, at the lease end)."""
     return {
@@ -175,18 +178,24 @@ def _end_claims(
 def claim_due(
     conn: sa.Connection,
     d: sa.Table,
-    hooks: Iterable[str],
+    leases: Mapping[str, float],
     limit: int,
-    lease: float,
     now: float,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due rows of ``hooks``: pending and due, or running
-    with an ended lease (a dead process; a running row's ``next_attempt_at`` is
-    its lease end)."""
+    """Lease up to ``limit`` due rows of the hooks in ``leases`` (each row until
+    its hook's lease end): pending and due, or running with an ended lease (a
+    dead process; a running row's ``next_attempt_at`` is its lease end)."""
     due = sa.and_(
         sa.text(OPEN_STATUSES),  # as literals: SQLite then uses the partial index
         d.c.next_attempt_at <= now,
-        d.c.hook.in_(list(hooks)),
+        d.c.hook.in_(list(leases)),
+    )
+    # Each row's own hook's lease: a long hook's must not delay the recovery
+    # of a short one's rows should this process die.
+    lease = sa.case(
+        {name: sa.literal(end, sa.Float) for name, end in leases.items()},
+        value=d.c.hook,
+        else_=sa.literal(max(leases.values()), sa.Float),
     )
     candidates = (
         sa.select(d.c.event_id, d.c.hook)
