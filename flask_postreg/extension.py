@@ -184,6 +184,11 @@ class PostReg:
                     f"a hook named {hook.name!r} is already registered; pass"
                     " name='...' to tell them apart"
                 )
+            if any(hook.name in state.handler_hooks for state in self._states):
+                raise ValueError(
+                    f"{hook.name!r} is the name of a built-in handler an app's"
+                    " config turns on; pass name='...' to tell them apart"
+                )
             self._hooks[hook.name] = hook
             self._version += 1
             return fn

@@ -6,6 +6,7 @@ One :class:`_State` lives in ``app.extensions["postreg"]`` for each app that
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -376,8 +377,14 @@ class _State:
         found: dict[str, Hook] = {}
         for hook in (*self.ext._hooks.values(), *self.handler_hooks.values()):
             found.setdefault(hook.name, hook)
+        seen: collections.Counter[str] = collections.Counter()
         for receiver in post_user_registration.receivers_for(self.app):
             name = "signal:" + hook_name(receiver)
+            # Receivers made by one factory share a qualname: number them in
+            # connection order (a ``hook_name`` attribute gives a stable name).
+            seen[name] += 1
+            if seen[name] > 1:
+                name = f"{name}#{seen[name]}"
             found.setdefault(
                 name, Hook(name, _receiver_hook(receiver), source="receiver")
             )

@@ -150,6 +150,47 @@ def test_blinker_receivers_run_in_the_pool(app, postreg, recorder):
     assert "recorder" in names
 
 
+def test_receivers_made_by_one_factory_each_run_as_their_own_hook(app, postreg):
+    """They share a module:qualname; the second used to be dropped silently."""
+    got = []
+
+    def make_receiver(label):
+        def receiver(sender, user, context, **extra):
+            got.append(label)
+
+        return receiver
+
+    receivers = [make_receiver("crm"), make_receiver("audit")]
+    for receiver in receivers:
+        post_user_registration.connect(receiver, app)
+    try:
+        register(app)
+        assert postreg.join(10)
+        names = [h.name for h in postreg.hooks(app) if h.source == "receiver"]
+    finally:
+        for receiver in receivers:
+            post_user_registration.disconnect(receiver, app)
+    assert sorted(got) == ["audit", "crm"]
+    base = "signal:tests.test_dispatch:test_receivers_made_by_one_factory_each_run"
+    assert names == [
+        f"{base}_as_their_own_hook.<locals>.make_receiver.<locals>.receiver",
+        f"{base}_as_their_own_hook.<locals>.make_receiver.<locals>.receiver#2",
+    ]
+
+
+def test_a_hook_named_like_a_configured_handler_is_refused(make_app):
+    from flask_postreg import ConfigError
+    from flask_postreg import PostReg
+
+    early = PostReg()
+    early.hook(lambda u, c: None, name="console")
+    with pytest.raises(ConfigError, match="'console'.*rename the hook"):
+        make_app(early, POSTREG_CONSOLE=True)
+    _app, late = make_app(POSTREG_CONSOLE=True)
+    with pytest.raises(ValueError, match="'console' is the name of a built-in"):
+        late.hook(lambda u, c: None, name="console")
+
+
 def test_async_hooks_are_awaited(app, postreg):
     done = []
 

@@ -260,6 +260,12 @@ def _add(state: _State, handler: Any, **options: Any) -> None:
     name = handler.hook_name
     if name in state.handler_hooks:
         raise ConfigError(f"two built-in handlers are both named {name!r}")
+    if name in state.ext._hooks:
+        raise ConfigError(
+            f"a hook registered with @postreg.hook is named {name!r}, the name of"
+            " a built-in handler this config turns on; rename the hook (its"
+            " outbox rows would run the wrong one)"
+        )
     state.handler_hooks[name] = Hook(
         name=name,
         func=handler,
