@@ -184,7 +184,7 @@ def test_a_hook_named_like_a_configured_handler_is_refused(make_app):
 
     early = PostReg()
     early.hook(lambda u, c: None, name="console")
-    with pytest.raises(ConfigError, match="'console'.*rename the hook"):
+    with pytest.raises(ConfigError, match=r"'console'.*rename the hook"):
         make_app(early, POSTREG_CONSOLE=True)
     _app, late = make_app(POSTREG_CONSOLE=True)
     with pytest.raises(ValueError, match="'console' is the name of a built-in"):
