@@ -333,6 +333,33 @@ def test_rate_limiter_spaces_a_burst_with_an_injected_clock() -> None:
         limiter.acquire()
 
 
+def test_a_429_pause_within_max_wait_is_waited_then_retried_past_it() -> None:
+    """A short pause a 429 asked for is waited out in the worker (bounded by
+    max_wait); a longer one goes through a retry, never a long sleep."""
+    now = [100.0]
+    slept: list[float] = []
+    limiter = slack_ratelimit.RateLimiter(
+        1.0, max_wait=5.0, clock=lambda: now[0], sleep=slept.append
+    )
+    assert limiter.acquire() == 0.0
+    limiter.defer(3.0)
+    assert limiter.acquire() == pytest.approx(3.0)
+    assert slept == [pytest.approx(3.0)]
+    limiter.defer(30.0)
+    with pytest.raises(RetryLater) as info:
+        limiter.acquire()
+    assert info.value.retry_after == pytest.approx(30.0)
+    assert len(slept) == 1
+
+
+def test_apps_sharing_a_destination_get_the_longest_interval() -> None:
+    url = "https://hooks.slack.com/services/T0/B0/shared-by-two-apps"
+    first = slack.SlackNotifier(url, min_interval=0.0)
+    second = slack.SlackNotifier(url, min_interval=1.0)
+    assert first.limiter is second.limiter
+    assert first.limiter.interval == 1.0
+
+
 def test_rate_limit_spaces_real_messages(
     app_factory: Any, http_server: RecordingServer
 ) -> None:

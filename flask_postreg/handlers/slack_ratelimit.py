@@ -19,6 +19,9 @@ class RateLimiter:
     :meth:`acquire` reserves the next free slot and sleeps until it, but never
     longer than ``max_wait``: past that it raises :class:`RetryLater` with the
     wait, so a burst queues through retries instead of parking every worker.
+    A pause the server asked for (:meth:`defer`, a 429) moves the next slot:
+    waited for the same way (a retry sooner than the pause would only burn an
+    attempt: the retry schedule caps ``Retry-After``).
     ``clock`` and ``sleep`` are injectable for tests.
     """
 
@@ -70,12 +73,17 @@ _LIMITERS_LOCK = threading.Lock()
 
 
 def limiter_for(destination: str, interval: float, max_wait: float) -> RateLimiter:
-    """The process-wide limiter of one destination (shared by every app)."""
+    """The process-wide limiter of one destination, shared by every app: when
+    apps ask for different intervals, the longest holds for all of them (the
+    destination's limit is one)."""
     key = hashlib.sha256(destination.encode()).hexdigest()
     with _LIMITERS_LOCK:
         limiter = _LIMITERS.get(key)
         if limiter is None:
             limiter = _LIMITERS[key] = RateLimiter(interval, max_wait=max_wait)
+        else:
+            with limiter._lock:
+                limiter.interval = max(limiter.interval, interval)
         return limiter
 
 
