@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import sqlalchemy as sa
 
@@ -42,6 +48,48 @@ def test_records_committed_users_without_running_hooks(app, postreg, recorder):
     assert postreg.join(5)
     assert recorder.emails == ["bob@example.com"]
     assert len(events) == 1
+
+
+def test_record_events_works_without_pytest_installed(tmp_path):
+    """The README: record_events works in any test runner. Run it in a process
+    where importing pytest fails, with unittest-style code."""
+    script = tmp_path / "no_pytest.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.modules["pytest"] = None  # import pytest now raises ImportError
+            from flask import Flask
+            from flask_postreg import PostReg
+            from flask_postreg.testing import record_events
+            from tests.models import Account, db
+
+            app = Flask("no_pytest")
+            app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///{tmp_path}/np.db"
+            db.init_app(app)
+            postreg = PostReg(app, db=db, user_model=Account)
+            with app.app_context():
+                db.create_all()
+                with record_events(app) as events:
+                    db.session.add(Account(email="ann@example.com"))
+                    db.session.commit()
+            assert [e.user.email for e in events] == ["ann@example.com"], events
+            assert "pytest" not in [m for m in sys.modules if sys.modules[m]]
+            print("ok")
+            """
+        )
+    )
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
 
 
 def test_run_hooks_true_records_and_runs(app, postreg, recorder):
