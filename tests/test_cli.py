@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import sys
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -156,6 +157,23 @@ def test_test_chosen_hook_json_and_payload_file(
     assert data["ok"] is False and data["results"][0]["error_class"] == "PermanentError"
 
 
+def test_test_runs_disabled_hooks_too_and_says_so(app, postreg, recorder):
+    """The Runner is for trying a hook before turning it on."""
+    ran = []
+    postreg.hook(lambda u, c: ran.append(u.email), name="off", enabled=False)
+    result = invoke(app, "test")
+    assert result.exit_code == 0, result.output
+    assert "(disabled)" in next(ln for ln in result.output.splitlines() if "off" in ln)
+    assert ran == ["user1@foo.com"] and recorder.emails == ["user1@foo.com"]
+    data = json.loads(invoke(app, "test", "off", "--json").output)
+    assert [(r["hook"], r["ok"], r["enabled"]) for r in data["results"]] == [
+        ("off", True, False)
+    ]
+    # Registrations still skip it.
+    register(app, postreg, "ann@example.com")
+    assert ran == ["user1@foo.com", "user1@foo.com"]
+
+
 def test_test_keeps_what_a_hook_prints_out_of_the_json(app, postreg):
     """The README's quick-start hook print()s: its lines are the hook's logs
     (like Auth0's console.log in its Runner), not text in the JSON stream."""
@@ -251,6 +269,32 @@ def test_retry_ids_and_dead(app, postreg, recorder, failing):
     assert invoke(app, "retry").exit_code == 2
     assert invoke(app, "retry", "x", "--dead").exit_code == 2
     assert invoke(app, "retry", "x", "--hook", "h").exit_code == 2
+
+
+def test_retry_gives_a_dead_delivery_a_fresh_attempt_budget(make_app):
+    """POSTREG_MAX_ATTEMPTS (the app's default) makes it dead after 2 attempts;
+    ``retry`` gives it 2 more, run by the poller, not 0 (attempts restart)."""
+    app, postreg = make_app(POSTREG_MAX_ATTEMPTS=2, POSTREG_POLL_INTERVAL=0.05)
+    calls = []
+    fourth = threading.Event()
+
+    @postreg.hook(name="flaky")
+    def flaky(user, context):
+        calls.append(context.attempt)
+        if len(calls) == 4:
+            fourth.set()
+        raise RuntimeError("still down")
+
+    register(app, postreg, "ann@example.com")
+    store = app.extensions["postreg"].store
+    (dead,) = store.deliveries(status="dead")
+    assert (dead.attempts, calls) == (2, [1, 2])
+    assert invoke(app, "retry", dead.id).exit_code == 0
+    postreg.start(app)  # the poller claims the retried row
+    assert fourth.wait(10)
+    assert postreg.join(10)
+    (again,) = store.deliveries(status="dead")
+    assert (again.id, again.attempts, calls) == (dead.id, 2, [1, 2, 1, 2])
 
 
 def test_commands_that_need_the_database_store(make_app):
