@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import email
 import email.policy
+import smtplib
+import socket
 import ssl
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +27,14 @@ from flask_postreg.handlers.email import MailNotifier
 from flask_postreg.handlers.email import SMTPSettings
 from flask_postreg.handlers.email import WelcomeMailer
 from tests.servers import TLS
+from tests.servers import RecordingSMTPHandler
 from tests.servers import SMTPServer
 from tests.servers import fixture_app_factory  # noqa: F401
 from tests.servers import fixture_silent_server  # noqa: F401
 from tests.servers import fixture_smtp_server  # noqa: F401
 from tests.servers import fixture_starttls_server  # noqa: F401
 from tests.servers import fixture_tls  # noqa: F401
+from tests.servers import free_port
 
 HOSTILE = [
     "Eve, x@evil.test",
@@ -43,6 +50,77 @@ def flask_app() -> Any:
     app.register_blueprint(blueprint)
     with app.app_context():
         yield app
+
+
+class TLSRecordingHandler(RecordingSMTPHandler):
+    """Also records whether each message came over a TLS transport: aiosmtpd
+    sets ``session.ssl`` only after STARTTLS, not for implicit TLS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport_tls: list[bool] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        ssl_object = server.transport.get_extra_info("ssl_object")
+        self.transport_tls.append(ssl_object is not None)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def ssl_server(tls: TLS) -> Iterator[SMTPServer]:
+    """aiosmtpd speaking TLS from the first byte (port-465 style), nothing else."""
+    from aiosmtpd.controller import Controller
+
+    handler = TLSRecordingHandler()
+    port = free_port()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, ssl_context=tls.server_context
+    )
+    controller.start()
+    try:
+        yield SMTPServer(handler, port, controller)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def dripping_server() -> Iterator[int]:
+    """A port whose greeting never ends: a ``220-`` continuation line every 0.1 s.
+
+    Each read gets data long before a per-read timeout; only a deadline on the
+    whole exchange stops the client. It gives up after ~15 s (well past the
+    test's bound) so a missing deadline fails the test instead of hanging it.
+    """
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.2)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # accept timed out: look at ``stop`` again
+                continue
+            with conn:
+                for _ in range(150):
+                    try:
+                        conn.sendall(b"220-still greeting you\r\n")
+                    except OSError:  # the client hung up: its deadline fired
+                        break
+                    if stop.wait(0.1):
+                        break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert not thread.is_alive()
 
 
 def settings(port: int, **kw: Any) -> SMTPSettings:
@@ -219,6 +297,88 @@ def test_silent_server_times_out(flask_app: Flask, silent_server: int) -> None:
     mailer = WelcomeMailer(settings(silent_server, timeout=0.5))
     with pytest.raises(TimeoutError):
         mailer(User(email="ada@example.com"), Context())
+
+
+def test_endless_greeting_hits_the_whole_exchange_deadline(
+    flask_app: Flask, dripping_server: int
+) -> None:
+    """README: MAIL_TIMEOUT bounds each read, "the whole exchange gets twice
+    that": a server answering a line at a time never trips the per-read timeout."""
+    mailer = WelcomeMailer(settings(dripping_server, timeout=0.5))
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"exceeded its deadline of 1s"):
+        mailer(User(email="ada@example.com"), Context())
+    elapsed = time.monotonic() - start
+    assert 0.5 <= elapsed < 10  # outlived a per-read timeout; generous bound
+
+
+@pytest.mark.parametrize(
+    ("config", "port"),
+    [
+        ({}, 25),
+        ({"POSTREG_MAIL_USE_TLS": True}, 587),
+        ({"POSTREG_MAIL_USE_SSL": True}, 465),
+        ({"POSTREG_MAIL_USE_SSL": True, "POSTREG_MAIL_PORT": 2465}, 2465),
+    ],
+)
+def test_default_port_follows_the_tls_mode(
+    app_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    config: dict[str, Any],
+    port: int,
+) -> None:
+    """README: MAIL_PORT defaults to 465 with USE_SSL, 587 with USE_TLS, else
+    25; checked on the port the configured hook really dials, not just a property."""
+    dialed: list[tuple[str, int]] = []
+
+    def connect(self: smtplib.SMTP, host: str, port: int, **kw: Any) -> Any:
+        dialed.append((host, port))
+        raise ConnectionRefusedError("no SMTP server in this test")
+
+    monkeypatch.setattr(smtplib.SMTP, "connect", connect)  # SMTP_SSL's too
+    a = app_factory(
+        POSTREG_MAIL_WELCOME=True,
+        POSTREG_MAIL_SENDER="noreply@example.com",
+        **config,
+    )
+    mailer = a.hooks()["mail:welcome"].func
+    assert mailer.settings.effective_port == port
+    with a.app.app_context(), pytest.raises(ConnectionRefusedError):
+        mailer(User(email="ada@example.com"), Context())
+    assert dialed == [("localhost", port)]
+
+
+def test_use_ssl_delivers_over_implicit_tls(
+    app_factory: Any, ssl_server: SMTPServer, tls: TLS
+) -> None:
+    """README: MAIL_USE_SSL is implicit TLS from the first byte, and the private
+    CA comes from MAIL_CA_FILE (the server speaks nothing but TLS)."""
+    a = mail_app(
+        app_factory,
+        ssl_server,
+        POSTREG_MAIL_USE_SSL=True,
+        POSTREG_MAIL_CA_FILE=str(tls.ca_file),
+    )
+    a.register(username="ada", email="ada@example.com")
+    assert a.postreg.join(10)
+    assert [o.status for o in a.outcomes()] == ["succeeded"]
+    [envelope] = ssl_server.handler.envelopes
+    assert envelope.rcpt_tos == ["ops@example.com", "sales@example.com"]
+    assert isinstance(ssl_server.handler, TLSRecordingHandler)
+    assert ssl_server.handler.transport_tls == [True]
+
+
+def test_use_ssl_against_a_plain_text_server_fails(
+    flask_app: Flask, smtp_server: SMTPServer, tls: TLS
+) -> None:
+    """USE_SSL never falls back to plain text: a server greeting in clear text
+    is a failed handshake, and nothing is sent."""
+    mailer = WelcomeMailer(
+        settings(smtp_server.port, use_ssl=True, ca_file=str(tls.ca_file))
+    )
+    with pytest.raises(ssl.SSLError):
+        mailer(User(email="ada@example.com"), Context())
+    assert smtp_server.handler.envelopes == []
 
 
 def test_app_templates_override_the_defaults(
