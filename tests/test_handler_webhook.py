@@ -304,3 +304,87 @@ def test_receiver_recipe_rejects_tampering(http_server: RecordingServer) -> None
     tampered = json.dumps(body, separators=(",", ":"), sort_keys=True)
     with pytest.raises(Exception, match="signature"):
         Webhook(SECRET).verify(tampered, req.headers)
+
+
+def test_app_wide_webhook_timeout_bounds_each_attempt(
+    app_factory: Any, http_server: RecordingServer
+) -> None:
+    """POSTREG_WEBHOOK_TIMEOUT is the total deadline of one attempt: a receiver
+    dripping 20 s of body (each byte well inside the per-read timeout) is cut
+    at 0.5 s, and the failure is retried like any other, then dead."""
+    http_server.default = Reply(200, b"x" * 100, drip=0.2)
+    a = hook_app(
+        app_factory, http_server, POSTREG_WEBHOOK_TIMEOUT=0.5, POSTREG_MAX_ATTEMPTS=2
+    )
+    a.register(username="ada", email="ada@example.com")
+    assert a.postreg.join(10), "an attempt outlived POSTREG_WEBHOOK_TIMEOUT"
+    assert len(http_server.requests) == 2
+    outcomes = sorted(a.outcomes(), key=lambda o: o.attempt)
+    assert [(o.attempt, o.status) for o in outcomes] == [(1, "pending"), (2, "dead")]
+    for outcome in outcomes:
+        assert outcome.error_class == DeadlineExceeded.__name__
+        assert "deadline of 0.5s" in (outcome.error or "")
+
+
+def test_webhook_timeout_defaults_to_ten_seconds(
+    app_factory: Any, http_server: RecordingServer
+) -> None:
+    """The README's default for POSTREG_WEBHOOK_TIMEOUT."""
+    a = hook_app(app_factory, http_server)
+    assert a.hooks()["webhook:crm"].func.timeout == 10.0
+
+
+def test_item_timeout_overrides_the_app_wide_one(
+    app_factory: Any, http_server: RecordingServer
+) -> None:
+    """An item's ``timeout`` wins over POSTREG_WEBHOOK_TIMEOUT: with the app's
+    30 s the drip (20 s) would complete and succeed; the item's 0.5 s cuts it."""
+    http_server.default = Reply(200, b"x" * 100, drip=0.2)
+    a = app_factory(
+        POSTREG_WEBHOOK_TIMEOUT=30,
+        POSTREG_WEBHOOKS=[
+            {
+                "name": "crm",
+                "url": http_server.url("/hooks/crm"),
+                "secret": SECRET,
+                "timeout": 0.5,
+                "max_attempts": 1,
+            }
+        ],
+    )
+    a.register(username="ada", email="ada@example.com")
+    assert a.postreg.join(10), "the item's timeout did not bound the attempt"
+    [outcome] = a.outcomes()
+    assert (outcome.status, outcome.error_class) == ("dead", DeadlineExceeded.__name__)
+    assert "deadline of 0.5s" in (outcome.error or "")
+    assert len(http_server.requests) == 1
+
+
+def test_item_max_attempts_overrides_the_app_default(
+    app_factory: Any, http_server: RecordingServer
+) -> None:
+    """An item's ``max_attempts`` ends its deliveries early, while an item
+    without one keeps POSTREG_MAX_ATTEMPTS; counted on the receiver."""
+    http_server.default = Reply(500, b"down")
+    a = app_factory(
+        POSTREG_MAX_ATTEMPTS=5,
+        POSTREG_WEBHOOKS=[
+            {
+                "name": "crm",
+                "url": http_server.url("/hooks/crm"),
+                "secret": SECRET,
+                "max_attempts": 2,
+            },
+            {"name": "erp", "url": http_server.url("/hooks/erp"), "secret": SECRET},
+        ],
+    )
+    a.register(username="ada", email="ada@example.com")
+    assert a.postreg.join(10)
+    paths = [r.path for r in http_server.requests]
+    assert (paths.count("/hooks/crm"), paths.count("/hooks/erp")) == (2, 5)
+    for hook, attempts in (("webhook:crm", 2), ("webhook:erp", 5)):
+        mine = sorted(
+            (o for o in a.outcomes() if o.hook == hook), key=lambda o: o.attempt
+        )
+        assert [o.status for o in mine] == ["pending"] * (attempts - 1) + ["dead"]
+        assert {o.error_class for o in mine} == {"RetryLater"}
