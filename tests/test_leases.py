@@ -154,6 +154,7 @@ def test_a_claimed_row_is_leased_for_its_own_hook_only(make_app):
         assert rows[name].locked_until == pytest.approx(lease)
 
 
+@both
 def test_claim_due_takes_at_most_limit(make_app):
     """PostgreSQL once claimed every due row per poll (a rescanned LIMIT subquery)."""
     _app, state, s = due_deliveries(make_app, 50)
