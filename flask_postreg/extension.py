@@ -274,7 +274,8 @@ class PostReg:
         (expired attributes loaded first, on ``connection`` when given)."""
         if isinstance(user, User):
             return state.event_for(user)
-        return state.snapshot(load_expired(user, connection))
+        with load_expired(user, connection) as loaded:
+            return state.snapshot(loaded)
 
     def run_test(
         self,

@@ -7,6 +7,7 @@ and reads only allow-listed fields, so a password hash cannot reach a hook.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -14,6 +15,7 @@ import logging
 import operator
 import re
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
 
@@ -183,37 +185,43 @@ def _as_text(value: Any) -> str | None:
     return text[:1024]
 
 
-def load_expired(instance: Any, connection: sa.Connection | None = None) -> Any:
+@contextlib.contextmanager
+def load_expired(
+    instance: Any, connection: sa.Connection | None = None
+) -> Iterator[Any]:
     """``instance`` with the attributes a commit expired loaded again (outside a
-    flush only: one SELECT); the snapshot reads loaded state, never SQL, and
-    ``emit(user)`` after a commit would otherwise send an empty user.
+    flush only: one SELECT), to snapshot inside the block; the snapshot reads
+    loaded state, never SQL, and ``emit(user)`` after a commit would otherwise
+    send an empty user.
 
-    With ``connection`` the row is read there, into a copy: the instance's
-    session may hold the pool's only connection for as long as it lives, or be
-    closed already. Without it, the instance's own session loads it.
+    With ``connection`` the row is read there, into a copy whose session stays
+    open for the block (a field read through a relationship loads there too):
+    the instance's own session may hold the pool's only connection for as long
+    as it lives, or be closed. Without it, the instance's session loads it.
     """
     state = sa.inspect(instance)
     expired = state.expired_attributes
-    if not expired:
-        return instance
-    if connection is not None and state.identity is not None:
+    if expired and connection is not None and state.identity is not None:
         with sa.orm.Session(bind=connection) as session:
             fresh = session.get(state.mapper.class_, state.identity)
-        if fresh is None:
+            if fresh is None:
+                raise PostRegError(
+                    f"emit() got a {type(instance).__name__} that is no longer in"
+                    " the database (its row was deleted after the commit)"
+                )
+            yield fresh
+        return
+    if expired:
+        try:
+            getattr(instance, next(iter(expired)))  # refreshes every expired column
+        except sa.orm.exc.DetachedInstanceError:
             raise PostRegError(
-                f"emit() got a {type(instance).__name__} that is no longer in the"
-                " database (its row was deleted after the commit)"
-            )
-        return fresh
-    try:
-        getattr(instance, next(iter(expired)))  # refreshes every expired column
-    except sa.orm.exc.DetachedInstanceError:
-        raise PostRegError(
-            f"emit() got a {type(instance).__name__} whose attributes expired at"
-            " the commit and whose session is closed, so they cannot be loaded:"
-            " call emit() before the session ends, or pass flask_postreg.User(...)"
-        ) from None
-    return instance
+                f"emit() got a {type(instance).__name__} whose attributes expired"
+                " at the commit and whose session is closed, so they cannot be"
+                " loaded: call emit() before the session ends, or pass"
+                " flask_postreg.User(...)"
+            ) from None
+    yield instance
 
 
 def build_user(fields: FieldMap, instance: Any, tenant: str | None) -> User:

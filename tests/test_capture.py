@@ -258,8 +258,19 @@ def test_emit_after_the_commit_with_a_pool_of_one_connection(make_app, recorder)
     in the app's session while emit() needs one for the outbox rows: it used
     to wait for the pool's timeout and fail. A session already closed works
     too (database store): the row is read on emit()'s own connection."""
+
+    def posts(account):  # a field read with SQL, as through a relationship
+        session = sa.orm.object_session(account)
+        query = sa.select(sa.func.count(Post.id)).where(Post.author_id == account.id)
+        return f"{session.scalar(query)} posts"
+
     app, postreg = make_app(
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 1}
+        SQLALCHEMY_ENGINE_OPTIONS={
+            "pool_size": 1,
+            "max_overflow": 0,
+            "pool_timeout": 1,
+        },
+        POSTREG_USER_FIELDS={"name": posts},
     )
     postreg.hook(recorder, name="recorder")
     with app.app_context():
@@ -277,6 +288,7 @@ def test_emit_after_the_commit_with_a_pool_of_one_connection(make_app, recorder)
         with pytest.raises(PostRegError, match="no longer in the database"):
             postreg.emit(one)
     assert (event.user.email, event.user.username) == ("one@example.com", "one")
+    assert (event.user.name, detached.user.name) == ("0 posts", "0 posts")
     (two_id,) = sa.inspect(two).identity
     assert (detached.user.email, detached.user.id) == ("two@example.com", str(two_id))
     # one's row is gone since: its event stays, like an emitted User's.
