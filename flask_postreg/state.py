@@ -12,7 +12,9 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -378,10 +380,13 @@ class _State:
         for hook in (*self.ext._hooks.values(), *self.handler_hooks.values()):
             found.setdefault(hook.name, hook)
         seen: collections.Counter[str] = collections.Counter()
-        for receiver in post_user_registration.receivers_for(self.app):
+        for receiver in _in_connection_order(
+            post_user_registration.receivers_for(self.app)
+        ):
             name = "signal:" + hook_name(receiver)
             # Receivers made by one factory share a qualname: number them in
-            # connection order (a ``hook_name`` attribute gives a stable name).
+            # connection order, the same in every process that connects them
+            # alike (a ``hook_name`` attribute gives a name that needs no order).
             seen[name] += 1
             if seen[name] > 1:
                 name = f"{name}#{seen[name]}"
@@ -426,6 +431,25 @@ class _State:
                     self.values["MAX_QUEUE"],
                     self.dropped,
                 )
+
+
+def _in_connection_order(receivers: Iterable[Any]) -> list[Any]:
+    """``receivers`` in the order they were connected: blinker gives them from
+    a set (by memory address, different in every process), its ``receivers``
+    mapping keeps the connection order."""
+    connected = []
+    for value in list(post_user_registration.receivers.values()):
+        target = value() if isinstance(value, weakref.ref) else value
+        if target is not None:
+            connected.append(target)
+
+    def position(receiver: Any) -> int:
+        for i, target in enumerate(connected):
+            if target is receiver or target == receiver:  # == for bound methods
+                return i
+        return len(connected)
+
+    return sorted(receivers, key=position)
 
 
 def _receiver_hook(receiver: Callable[..., Any]) -> Callable[[User, Any], Any]:
