@@ -7,7 +7,6 @@ decides *what* an attempt is, so both behave the same.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as _dt
 import inspect
@@ -23,6 +22,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import NamedTuple
 
 from .errors import HookTimeout
 from .errors import PermanentError
@@ -169,10 +169,14 @@ def _secret_texts(secrets: Mapping[str, Any]) -> set[str]:
     return found
 
 
-#: How many texts a callable ``POSTREG_SECRETS`` returned are kept to be hidden:
-#: it may return a new token for each attempt (a vault), and an attempt's
-#: error is scrubbed after the call, when the callable may say something else.
-SEEN_SECRETS = 256
+class Attempt(NamedTuple):
+    """One call of a hook: its error (None when it returned), its seconds, and
+    the texts of the secrets it was given, hidden from its error and logs (a
+    callable ``POSTREG_SECRETS`` may give each attempt a new token)."""
+
+    error: BaseException | None
+    duration: float
+    secrets: frozenset[str] = frozenset()
 
 
 class RetryPolicy:
@@ -256,26 +260,16 @@ class Dispatcher:
         self._secrets = secrets
         self.store = store
         self._scrub_values: set[str] = set()
-        self._seen_secrets: dict[str, None] = {}  # oldest first, bounded
 
     def add_scrub_values(self, values: Iterable[str]) -> None:
         """Texts (webhook URLs, tokens) that must never appear in logs or rows."""
         self._scrub_values.update(v for v in values if v)
 
     def secrets(self) -> Mapping[str, Any]:
-        """``POSTREG_SECRETS`` for one attempt (call a callable in an app
-        context); a callable's texts are remembered, to be hidden later."""
-        if not callable(self._secrets):
-            return self._secrets or {}
-        value = self._secrets() or {}
-        seen = self._seen_secrets
-        for text in _secret_texts(value):
-            seen.pop(text, None)
-            seen[text] = None
-        with contextlib.suppress(RuntimeError, KeyError, StopIteration):
-            while len(seen) > SEEN_SECRETS:  # another thread may trim too
-                seen.pop(next(iter(seen)))
-        return value
+        """``POSTREG_SECRETS`` for one attempt (a callable is called: in the
+        attempt's app context)."""
+        value = self._secrets() if callable(self._secrets) else self._secrets
+        return value or {}
 
     def scrub_values(self, delivery: Delivery | None = None) -> set[str]:
         """Every text to hide: secrets, and the delivery's own personal data (a
@@ -285,12 +279,9 @@ class Dispatcher:
         if delivery is not None:
             values.update(delivery.hook.secrets)
             values.update(personal_values(delivery.event))
-        if callable(self._secrets):
-            # What attempts saw: calling it here (outside an app context, maybe
-            # getting a rotated token) could miss the text an error quotes.
-            with contextlib.suppress(RuntimeError):  # resized by another thread
-                values.update(list(self._seen_secrets))
-        else:
+        # A callable's texts come with each attempt (Attempt.secrets): called
+        # here, outside an app context or after a rotation, it could miss them.
+        if not callable(self._secrets):
             values.update(_secret_texts(self._secrets or {}))
         return values
 
@@ -308,27 +299,34 @@ class Dispatcher:
             )
             return None
 
-    def call(self, delivery: Delivery) -> tuple[BaseException | None, float]:
-        """Run the hook once in a fresh app context; return (error or None, seconds)."""
+    def call(self, delivery: Delivery) -> Attempt:
+        """Run the hook once in a fresh app context."""
         start = time.perf_counter()
+        seen: frozenset[str] = frozenset()
         try:
             with self.app.app_context():
+                secrets = self.secrets()
+                if callable(self._secrets):
+                    seen = frozenset(_secret_texts(secrets))
                 context = with_run_facts(
-                    delivery.event.context,
-                    attempt=delivery.attempt,
-                    secrets=self.secrets(),
+                    delivery.event.context, attempt=delivery.attempt, secrets=secrets
                 )
                 _call(delivery.hook.func, delivery.event.user, context)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # recorded as the attempt's failure
-            return exc, time.perf_counter() - start
-        return None, time.perf_counter() - start
+            return Attempt(exc, time.perf_counter() - start, seen)
+        return Attempt(None, time.perf_counter() - start, seen)
 
     def finish(
-        self, delivery: Delivery, error: BaseException | None, duration: float
+        self,
+        delivery: Delivery,
+        error: BaseException | None,
+        duration: float,
+        secrets: Iterable[str] = (),
     ) -> Outcome:
-        """Classify, log, signal and record one attempt; never raises."""
+        """Classify, log, signal and record one attempt (``secrets``: the
+        texts it was given, :attr:`Attempt.secrets`); never raises."""
         hook = delivery.hook
         max_attempts = hook.max_attempts or 1
         now = _dt.datetime.now(_dt.timezone.utc)
@@ -359,8 +357,8 @@ class Dispatcher:
             if not final:
                 retry_after = error.delay if isinstance(error, RetryLater) else None
                 retry_in = self.policy.delay(delivery.attempt, retry_after)
-            secrets = self.scrub_values(delivery)
-            message = scrub(_text(error), secrets)
+            hidden = self.scrub_values(delivery) | set(secrets)
+            message = scrub(_text(error), hidden)
             outcome = Outcome(
                 event_id=delivery.event.id,
                 hook=hook.name,
@@ -374,7 +372,7 @@ class Dispatcher:
                 row_id=delivery.row_id,
                 claim=delivery.claim,
             )
-            self._log_failure(delivery, error, outcome, secrets)
+            self._log_failure(delivery, error, outcome, hidden)
         self._signal(delivery, error, outcome)
         try:
             self.store.record(outcome)

@@ -10,6 +10,7 @@ Runner shows ``console.log`` output), are collected for display, so a hook's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,11 +19,13 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import TextIO
 
+from .dispatch import Attempt
 from .dispatch import Delivery
 from .dispatch import Hook
 from .dispatch import _text
@@ -108,12 +111,14 @@ def select(state: _State, names: Iterable[str] | None) -> list[Hook]:
 
 
 class _Capture(logging.Handler):
-    """Log records emitted on one thread, formatted as lines."""
+    """What one hook's thread logged and printed, as lines."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.thread: int | None = None
+        self.open = True  # False once its run ended: the thread registers no more
         self.lines: list[str] = []
+        self.partial: dict[str, str] = {}  # a stream's line not ended yet
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -123,85 +128,121 @@ class _Capture(logging.Handler):
             except Exception:  # a bad format string must not break the Runner
                 self.lines.append(f"{record.levelname} {record.name}: {record.msg!r}")
 
+    def printed(self, stream: str, text: str) -> None:
+        *lines, self.partial[stream] = (self.partial.get(stream, "") + text).split("\n")
+        self.lines.extend(lines)
+
+    def end_lines(self) -> None:
+        """Keep what was printed without a final newline."""
+        self.lines.extend(rest for rest in self.partial.values() if rest)
+        self.partial.clear()
+
 
 class _Printed:
-    """Stands in for ``sys.stdout``/``sys.stderr`` while a hook runs: lines the
-    hook's thread writes go to ``capture``; every other thread's writes go on to
-    the stream it replaced (the process's stdout is shared by all threads)."""
+    """Stands in for ``sys.stdout``/``sys.stderr`` while Runner runs last: what
+    a running hook's own thread writes goes to that hook's capture; every other
+    thread's writes go on to the stream it replaced (all threads share it)."""
 
-    def __init__(self, stream: TextIO, capture: _Capture) -> None:
+    def __init__(self, stream: TextIO | None, name: str) -> None:
         self.stream = stream
-        self.capture = capture
-        self.partial = ""
+        self.name = name
 
     def write(self, text: str) -> int:
-        if self.capture.thread is None or threading.get_ident() != self.capture.thread:
-            return self.stream.write(text)
-        *lines, self.partial = (self.partial + str(text)).split("\n")
-        self.capture.lines.extend(lines)
-        return len(text)
+        capture = _captures.get(threading.get_ident())
+        if capture is not None:
+            capture.printed(self.name, str(text))
+            return len(text)
+        return self.stream.write(text) if self.stream is not None else len(text)
 
     def flush(self) -> None:
-        if self.capture.thread is None or threading.get_ident() != self.capture.thread:
+        if self.stream is not None and threading.get_ident() not in _captures:
             self.stream.flush()
-
-    def close_line(self) -> None:
-        """Keep what was printed without a final newline."""
-        if self.partial:
-            self.capture.lines.append(self.partial)
-            self.partial = ""
 
     def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno...
         return getattr(self.stream, name)
 
 
+# One set of stand-ins while any run lasts (runs may overlap on several
+# threads): the first run installs them, the last one puts the streams and the
+# root logger's level back.
+_lock = threading.Lock()
+_captures: dict[int, _Capture] = {}  # a running hook's thread -> its capture
+_runs = 0
+_replaced: tuple[_Printed, _Printed, int] | None = None
+
+
+@contextlib.contextmanager
+def _capturing(capture: _Capture) -> Iterator[None]:
+    global _runs, _replaced
+    root = logging.getLogger()
+    with _lock:
+        if _runs == 0:
+            out, err = _Printed(sys.stdout, "out"), _Printed(sys.stderr, "err")
+            _replaced = (out, err, root.level)
+            sys.stdout, sys.stderr = out, err
+            if root.getEffectiveLevel() > LOG_LEVEL:
+                root.setLevel(LOG_LEVEL)
+        _runs += 1
+        root.addHandler(capture)
+    try:
+        yield
+    finally:
+        with _lock:
+            root.removeHandler(capture)
+            capture.open = False
+            if capture.thread is not None:
+                _captures.pop(capture.thread, None)
+            _runs -= 1
+            if _runs == 0 and _replaced is not None:
+                out, err, level = _replaced
+                _replaced = None
+                # Only what is still ours: something else may have swapped them.
+                if sys.stdout is out:
+                    sys.stdout = out.stream
+                if sys.stderr is err:
+                    sys.stderr = err.stream
+                root.setLevel(level)
+        capture.end_lines()
+
+
 def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
-    """One attempt of ``hook`` on its own thread, bounded by its timeout."""
+    """One attempt of ``hook`` on its own thread, bounded by its timeout. A hook
+    still running past it prints to the real streams from then on."""
     dispatcher = state.dispatcher
     delivery = Delivery(event=event, hook=hook)
     capture = _Capture()
-    outcome: list[tuple[BaseException | None, float]] = []
+    outcome: list[Attempt] = []
 
     def target() -> None:
-        capture.thread = threading.get_ident()
-        outcome.append(dispatcher.call(delivery))
+        ident = threading.get_ident()
+        with _lock:
+            if capture.open:
+                capture.thread = ident
+                _captures[ident] = capture
+        try:
+            outcome.append(dispatcher.call(delivery))
+        finally:
+            with _lock:
+                if _captures.get(ident) is capture:
+                    del _captures[ident]
 
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(capture)
-    if root.getEffectiveLevel() > LOG_LEVEL:
-        root.setLevel(LOG_LEVEL)
-    out, err = _Printed(sys.stdout, capture), _Printed(sys.stderr, capture)
-    sys.stdout, sys.stderr = out, err
     timeout = hook.timeout or state.values["HOOK_TIMEOUT"]
     start = time.perf_counter()
-    try:
+    with _capturing(capture):
         thread = threading.Thread(
             target=target, name=f"postreg-runner-{hook.name}", daemon=True
         )
         thread.start()
         thread.join(timeout)
-    finally:
-        # Put back only what is still ours (something else may have swapped
-        # them meanwhile); a hook still running past its timeout prints to
-        # the real streams from now on.
-        if sys.stdout is out:
-            sys.stdout = out.stream
-        if sys.stderr is err:
-            sys.stderr = err.stream
-        out.close_line()
-        err.close_line()
-        root.setLevel(old_level)
-        root.removeHandler(capture)
     if outcome:
-        error, duration = outcome[0]
+        error, duration, seen = outcome[0]
     else:
         error = HookTimeout(
             f"the hook did not return within its timeout of {timeout:g}s"
         )
-        duration = time.perf_counter() - start
+        duration, seen = time.perf_counter() - start, frozenset()
     # Secrets only: the Runner's user is the developer's own sample, shown as is.
-    secrets = dispatcher.scrub_values() | set(delivery.hook.secrets)
+    secrets = dispatcher.scrub_values() | set(delivery.hook.secrets) | seen
     common: dict[str, Any] = {
         "hook": hook.name,
         "duration": duration,

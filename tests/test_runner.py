@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 
 import pytest
@@ -129,3 +130,70 @@ def test_one_hook_name_as_text_and_an_unprintable_error(app, postreg, recorder):
     assert result.hook == "recorder" and result.ok
     (failed,) = postreg.run_test(hooks=["broken"], app=app)
     assert not failed.ok and "could not be read" in failed.error
+
+
+def test_overlapping_runs_capture_their_own_prints_and_give_the_streams_back(
+    app, postreg, capsys
+):
+    """Two Runner calls at once on two threads (a web app's admin page, say):
+    each keeps its own hook's print(); another thread's print is not taken;
+    and once both ended, stdout is the stream it was, whichever ended first."""
+    both_running = threading.Barrier(3, timeout=10)
+    ordinary_printed = threading.Event()
+
+    def printing(label):
+        def hook(user, context):
+            both_running.wait()
+            print(f"from {label}")
+            assert ordinary_printed.wait(10)
+
+        return hook
+
+    postreg.hook(printing("a"), name="a")
+    postreg.hook(printing("b"), name="b")
+    before = sys.stdout
+    results = {}
+
+    def run(name):
+        (results[name],) = postreg.run_test(hooks=[name], app=app)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    both_running.wait()
+    print("ordinary line")  # this thread is not a hook's
+    ordinary_printed.set()
+    for thread in threads:
+        thread.join(10)
+    assert results["a"].logs == ("from a",) and results["b"].logs == ("from b",)
+    assert sys.stdout is before
+    done = threading.Thread(target=print, args=("after both",))
+    done.start()
+    done.join(10)
+    assert capsys.readouterr().out == "ordinary line\nafter both\n"
+
+
+def test_a_hook_printing_past_its_timeout_does_not_break_test_json(app, postreg):
+    """The late line goes to stderr; stdout holds the JSON alone."""
+    late = threading.Event()
+    printed = threading.Event()
+
+    @postreg.hook(name="slow", timeout=0.3)
+    def slow(user, context):
+        late.wait(10)  # past its timeout: set by the next hook
+        print("a late line")
+        printed.set()
+
+    @postreg.hook(name="next")
+    def next_hook(user, context):
+        late.set()
+        assert printed.wait(10)
+
+    result = app.test_cli_runner().invoke(args=["postreg", "test", "--json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.stdout)
+    assert [(r["hook"], r["error_class"]) for r in data["results"]] == [
+        ("slow", "HookTimeout"),
+        ("next", None),
+    ]
+    assert "a late line" in result.stderr

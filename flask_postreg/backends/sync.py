@@ -29,8 +29,7 @@ class SyncBackend:
             prepared = self.dispatcher.prepare(delivery)
             if prepared is None:
                 return True
-            error, duration = self.dispatcher.call(prepared)
-            outcome = self.dispatcher.finish(prepared, error, duration)
+            outcome = self.dispatcher.finish(prepared, *self.dispatcher.call(prepared))
             if outcome.retry_in is None:
                 return True
             delivery = prepared.next()

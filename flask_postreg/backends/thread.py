@@ -347,7 +347,7 @@ class ThreadBackend:
                 running = _Running(prepared, self.clock() + timeout, timeout)
                 self._running[token] = running
                 self._watch(running)
-            error, duration = self.dispatcher.call(prepared)
+            attempt = self.dispatcher.call(prepared)
             with self._cond:
                 self._running.pop(token, None)
                 if running.abandoned:  # the watchdog already reported it
@@ -356,15 +356,19 @@ class ThreadBackend:
                         return  # a replacement took this thread's place
                     self._workers += 1  # replacements were capped: rejoin the pool
                     continue
-            self._finish(prepared, error, duration)
+            self._finish(prepared, *attempt)
 
     def _finish(
-        self, delivery: Delivery, error: BaseException | None, duration: float
+        self,
+        delivery: Delivery,
+        error: BaseException | None,
+        duration: float,
+        secrets: frozenset[str] = frozenset(),
     ) -> None:
         """Record an attempt and plan what follows. ``finish()`` never raises;
         if it did, the calling worker or watchdog thread must survive it."""
         try:
-            outcome = self.dispatcher.finish(delivery, error, duration)
+            outcome = self.dispatcher.finish(delivery, error, duration, secrets)
         except Exception:
             logger.exception("flask-postreg could not finish an attempt")
             with self._cond:
