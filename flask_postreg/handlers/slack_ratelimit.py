@@ -75,7 +75,8 @@ _LIMITERS_LOCK = threading.Lock()
 def limiter_for(destination: str, interval: float, max_wait: float) -> RateLimiter:
     """The process-wide limiter of one destination, shared by every app: when
     apps ask for different intervals, the longest holds for all of them (the
-    destination's limit is one)."""
+    destination's limit is one), and the shortest wait in a worker (each app's
+    hook timeout counts on its own)."""
     key = hashlib.sha256(destination.encode()).hexdigest()
     with _LIMITERS_LOCK:
         limiter = _LIMITERS.get(key)
@@ -84,6 +85,7 @@ def limiter_for(destination: str, interval: float, max_wait: float) -> RateLimit
         else:
             with limiter._lock:
                 limiter.interval = max(limiter.interval, interval)
+                limiter.max_wait = min(limiter.max_wait, max_wait)
         return limiter
 
 
