@@ -3,6 +3,7 @@ web process whose interpreter exits while a hook runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -170,6 +171,17 @@ def test_sigterm_mid_delivery_and_a_second_worker_finishes(tmp_path):
 # -- interpreter exit (POSTREG_SHUTDOWN_TIMEOUT) -----------------------------------
 
 
+@contextlib.contextmanager
+def reaped(child):
+    """``child``, killed on the way out if a failed assertion left it running."""
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
 def exit_mid_hook(url, folder, shutdown_timeout, **extra):
     """A web process whose main thread ends while its hook runs."""
     return subprocess.Popen(
@@ -184,18 +196,13 @@ def exit_mid_hook(url, folder, shutdown_timeout, **extra):
 
 def test_exit_lets_a_running_hook_finish_within_the_shutdown_timeout(tmp_path):
     url = f"sqlite:///{tmp_path}/exit.db"
-    child = exit_mid_hook(url, tmp_path, 30)
-    try:
+    with reaped(exit_mid_hook(url, tmp_path, 30)) as child:
         line = child.stdout.readline()
         assert line == "main thread done\n", line
         # The main thread has ended; the interpreter waits in its atexit drain.
         assert child.poll() is None
         (tmp_path / "open").write_text("")
         out, _ = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
     assert child.returncode == 0, out
     assert "unfinished" not in out
     assert (tmp_path / "done").read_text() == "ann@example.com\n"
@@ -213,13 +220,8 @@ def test_exit_past_the_shutdown_timeout_leaves_the_delivery_to_another_process(
     from .models import db
 
     url = f"sqlite:///{tmp_path}/exit.db"
-    child = exit_mid_hook(url, tmp_path, 0.3, WORKER_HOOK_TIMEOUT="2")
-    try:
+    with reaped(exit_mid_hook(url, tmp_path, 0.3, WORKER_HOOK_TIMEOUT="2")) as child:
         out, _ = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
     # The hook never returned: the process still exited, after its 0.3 s drain.
     assert child.returncode == 0, out
     assert "shut down with 1 deliveries unfinished after 0.3s" in out
