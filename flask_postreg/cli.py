@@ -233,17 +233,17 @@ def test_command(hook_names: tuple[str, ...], payload: Any, as_json: bool) -> No
         if not state.durable or state.tables_ready():
             state.refresh_settings()
     body = None if payload is None else payload.read()
+    out = sys.stdout
     if as_json:
-        # stdout is for the JSON alone: what a hook's helper threads print, or
-        # a hook still running past its timeout, goes to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
-            results = state.ext.run_test(body, hook_names or None, app=state.app)
-    else:
-        results = state.ext.run_test(body, hook_names or None, app=state.app)
+        # stdout is for the JSON alone: until the command ends, what a hook's
+        # helper threads print, or a hook still running past its timeout,
+        # goes to stderr.
+        sys.stdout = sys.stderr
+    results = state.ext.run_test(body, hook_names or None, app=state.app)
     failed = [r for r in results if not r.ok]
     if as_json:
         terminal.echo_json(
-            {"ok": not failed, "results": [r.to_dict() for r in results]}
+            {"ok": not failed, "results": [r.to_dict() for r in results]}, file=out
         )
     else:
         if not results:

@@ -299,8 +299,13 @@ class Dispatcher:
             )
             return None
 
-    def call(self, delivery: Delivery) -> Attempt:
-        """Run the hook once in a fresh app context."""
+    def call(
+        self,
+        delivery: Delivery,
+        given: Callable[[frozenset[str]], None] | None = None,
+    ) -> Attempt:
+        """Run the hook once in a fresh app context. ``given`` learns the
+        secrets' texts before the hook runs (for a caller that stops waiting)."""
         start = time.perf_counter()
         seen: frozenset[str] = frozenset()
         try:
@@ -308,6 +313,8 @@ class Dispatcher:
                 secrets = self.secrets()
                 if callable(self._secrets):
                     seen = frozenset(_secret_texts(secrets))
+                    if given is not None:
+                        given(seen)
                 context = with_run_facts(
                     delivery.event.context, attempt=delivery.attempt, secrets=secrets
                 )

@@ -122,7 +122,8 @@ class _Capture(logging.Handler):
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.thread is not None and record.thread == self.thread:
+        # Its thread while registered: a later thread may reuse the ident.
+        if record.thread is not None and _captures.get(record.thread) is self:
             try:
                 self.lines.append(self.format(record))
             except Exception:  # a bad format string must not break the Runner
@@ -134,7 +135,8 @@ class _Capture(logging.Handler):
 
     def end_lines(self) -> None:
         """Keep what was printed without a final newline."""
-        self.lines.extend(rest for rest in self.partial.values() if rest)
+        # A copy: a thread past its timeout may still be printing.
+        self.lines.extend(rest for rest in list(self.partial.values()) if rest)
         self.partial.clear()
 
 
@@ -190,8 +192,10 @@ def _capturing(capture: _Capture) -> Iterator[None]:
         with _lock:
             root.removeHandler(capture)
             capture.open = False
-            if capture.thread is not None:
-                _captures.pop(capture.thread, None)
+            # Only if still this run's: its thread's ident may have been freed
+            # and taken by another run's hook thread.
+            if capture.thread is not None and _captures.get(capture.thread) is capture:
+                del _captures[capture.thread]
             _runs -= 1
             if _runs == 0 and _replaced is not None:
                 out, err, level = _replaced
@@ -212,6 +216,7 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
     delivery = Delivery(event=event, hook=hook)
     capture = _Capture()
     outcome: list[Attempt] = []
+    given: list[frozenset[str]] = []  # the secrets' texts, before the hook runs
 
     def target() -> None:
         ident = threading.get_ident()
@@ -220,7 +225,7 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
                 capture.thread = ident
                 _captures[ident] = capture
         try:
-            outcome.append(dispatcher.call(delivery))
+            outcome.append(dispatcher.call(delivery, given=given.append))
         finally:
             with _lock:
                 if _captures.get(ident) is capture:
@@ -240,7 +245,8 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
         error = HookTimeout(
             f"the hook did not return within its timeout of {timeout:g}s"
         )
-        duration, seen = time.perf_counter() - start, frozenset()
+        # What it logged before hanging may quote the secrets it was given.
+        duration, seen = time.perf_counter() - start, frozenset().union(*given)
     # Secrets only: the Runner's user is the developer's own sample, shown as is.
     secrets = dispatcher.scrub_values() | set(delivery.hook.secrets) | seen
     common: dict[str, Any] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import logging
 import os
 import threading
@@ -445,11 +446,20 @@ def _in_connection_order(receivers: Iterable[Any]) -> list[Any]:
 
     def position(receiver: Any) -> int:
         for i, target in enumerate(connected):
-            if target is receiver or target == receiver:  # == for bound methods
+            if _same(target, receiver):
                 return i
         return len(connected)
 
     return sorted(receivers, key=position)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """One receiver? By identity: a receiver's own ``__eq__`` must not run (it
+    may raise, inside the registration's flush). A weakly held bound method is
+    a new object each time it is resolved: its function and instance decide."""
+    if inspect.ismethod(a) and inspect.ismethod(b):
+        return a.__func__ is b.__func__ and a.__self__ is b.__self__
+    return a is b
 
 
 def _receiver_hook(receiver: Callable[..., Any]) -> Callable[[User, Any], Any]:

@@ -9,6 +9,7 @@ import math
 import re
 import sys
 from collections.abc import Sequence
+from typing import IO
 from typing import Any
 
 import click
@@ -131,5 +132,5 @@ def table(
         click.echo("  ".join(cells).rstrip())
 
 
-def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+def echo_json(data: Any, file: IO[str] | None = None) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str), file=file)

@@ -4,6 +4,7 @@ web process whose interpreter exits while a hook runs."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import signal
@@ -166,6 +167,26 @@ def test_sigterm_mid_delivery_and_a_second_worker_finishes(tmp_path):
         worker_app.postreg.shutdown(5)
         with app.app_context():
             db.engine.dispose()
+
+
+FLASK = (sys.executable, "-m", "flask")
+
+
+def test_test_json_keeps_stdout_clean_of_a_hook_printing_past_its_timeout(tmp_path):
+    """The hook prints on while the JSON is written and the process exits: all
+    of it goes to stderr, stdout is the JSON alone."""
+    done = subprocess.run(
+        [*FLASK, "--app", "tests.runner_app", "postreg", "test", "--json"],
+        cwd=ROOT,
+        env=env(RUNNER_DB=f"sqlite:///{tmp_path}/runner.db"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    data = json.loads(done.stdout)
+    assert data["results"][0]["error_class"] == "HookTimeout"
+    assert "still waiting for the CRM" in done.stderr
 
 
 # -- interpreter exit (POSTREG_SHUTDOWN_TIMEOUT) -----------------------------------

@@ -189,6 +189,37 @@ def test_receivers_made_by_one_factory_each_run_as_their_own_hook(app, postreg):
     assert [h.name for h in hooks] == [base] + [f"{base}#{n}" for n in range(2, 7)]
 
 
+def test_a_receiver_whose_eq_raises_does_not_break_the_commit(app, postreg):
+    """Receivers are matched by identity: an object's own ``__eq__`` (which may
+    assume its own kind) never runs inside the registration's flush."""
+    got = []
+
+    class Forward:
+        url = "https://crm.example.com"
+
+        def __eq__(self, other):
+            return self.url == other.url  # AttributeError for a function
+
+        __hash__ = object.__hash__
+
+        def __call__(self, sender, user, context, **extra):
+            got.append("forward")
+
+    def plain(sender, user, context, **extra):
+        got.append("plain")
+
+    forward = Forward()
+    post_user_registration.connect(plain, app)
+    post_user_registration.connect(forward, app)
+    try:
+        register(app)
+        assert postreg.join(10)
+    finally:
+        post_user_registration.disconnect(plain, app)
+        post_user_registration.disconnect(forward, app)
+    assert sorted(got) == ["forward", "plain"]
+
+
 def test_a_hook_named_like_a_configured_handler_is_refused(make_app):
     from flask_postreg import ConfigError
     from flask_postreg import PostReg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 
@@ -197,3 +198,54 @@ def test_a_hook_printing_past_its_timeout_does_not_break_test_json(app, postreg)
         ("next", None),
     ]
     assert "a late line" in result.stderr
+
+
+def test_many_overlapping_runs_each_keep_exactly_their_own_lines(app, postreg, capsys):
+    """Hook threads end and new ones reuse their idents while other runs still
+    clean up: a run must not drop another run's route, nor log its lines."""
+
+    @postreg.hook(name="chatty")
+    def chatty(user, context):
+        for i in range(3):
+            print(f"{context.event_id} line {i}")
+            log.warning("%s logged", context.event_id)
+
+    failures = []
+
+    def worker():
+        for _ in range(40):
+            (result,) = postreg.run_test(hooks=["chatty"], app=app)
+            ids = {re.search(r"evt_\w+", line).group() for line in result.logs}
+            if len(result.logs) != 6 or len(ids) != 1:
+                failures.append(result.logs)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    assert capsys.readouterr().out == ""
+
+
+def test_a_hung_hooks_secrets_are_hidden_in_what_it_logged(make_app):
+    """The hook never returns its Attempt: the texts of a callable
+    POSTREG_SECRETS are known from before it ran."""
+    app, postreg = make_app(POSTREG_SECRETS=lambda: {"CRM_TOKEN": "tok-vault-7788"})
+    release = threading.Event()
+
+    @postreg.hook(name="hangs", timeout=0.3)
+    def hangs(user, context):
+        log.warning("calling CRM with %s", context.secrets["CRM_TOKEN"])
+        print("token", context.secrets["CRM_TOKEN"])
+        release.wait(10)
+
+    try:
+        (result,) = postreg.run_test(app=app)
+    finally:
+        release.set()
+    assert result.error_class == "HookTimeout"
+    assert result.logs == (
+        "WARNING tests.runner: calling CRM with [secret]",
+        "token [secret]",
+    )
