@@ -26,6 +26,7 @@ import threading
 from typing import TYPE_CHECKING
 from typing import Any
 
+import sqlalchemy as sa
 from flask.globals import _cv_app
 from sqlalchemy import Connection
 from sqlalchemy import event
@@ -51,6 +52,10 @@ _CAPTURED = "flask_postreg.captured"
 _COMMITTED = "flask_postreg.committed"
 #: Set when a flush deleted a captured user: the root commit checks which stood.
 _DELETES = "flask_postreg.deletes"
+#: Set by a DELETE statement (an ORM bulk delete) in the session's transaction.
+_BULK_DELETE = "flask_postreg.bulk_delete"
+#: Event ids of captured users a DELETE statement removed (found at the commit).
+_GONE = "flask_postreg.gone"
 _install_lock = threading.Lock()
 
 Pending = dict[SessionTransaction, list[tuple["_State", "Delivery"]]]
@@ -119,10 +124,68 @@ def _without_deleted(
     session: Session, items: list[tuple[_State, Delivery]]
 ) -> list[tuple[_State, Delivery]]:
     """``items`` without the deliveries of users whose delete was committed
-    (SQLAlchemy reverts ``was_deleted`` when a SAVEPOINT around it rolls back)."""
+    (SQLAlchemy reverts ``was_deleted`` when a SAVEPOINT around it rolls back),
+    or whose row a DELETE statement removed (found by ``before_commit``)."""
     captured: dict[Any, str] = session.info.get(_CAPTURED) or {}
     gone = {event_id for key, event_id in captured.items() if key.was_deleted}
+    gone |= session.info.pop(_GONE, set())
     return [item for item in items if item[1].event.id not in gone]
+
+
+def do_orm_execute(orm_execute_state: Any) -> None:
+    """A DELETE statement (``session.execute(delete(...))``, ``Query.delete()``):
+    the root commit checks which captured users still have a row."""
+    if orm_execute_state.is_delete:
+        orm_execute_state.session.info[_BULK_DELETE] = True
+
+
+def before_commit(session: Session) -> None:
+    """After a DELETE statement in this transaction, users captured in it whose
+    row is gone (an instance the statement matched is marked deleted; one no
+    longer in memory is looked up, one SELECT): their outbox rows go now, in the
+    transaction, and their deliveries at the root commit."""
+    if _BULK_DELETE not in session.info or session.in_nested_transaction():
+        return  # no DELETE statement, or a SAVEPOINT's release: the root decides
+    del session.info[_BULK_DELETE]
+    captured: dict[Any, str] | None = session.info.get(_CAPTURED)
+    if not captured:
+        return
+    try:
+        gone = _rows_gone(session, captured)
+        if not gone:
+            return
+        session.info[_DELETES] = True
+        session.info[_GONE] = gone
+        state = _state()
+        if state is not None:
+            state.forget(gone, session)
+    except Exception:  # the commit goes on; those hooks would run, as before
+        logger.exception(
+            "flask-postreg could not check for captured users a DELETE removed"
+        )
+
+
+def _rows_gone(session: Session, captured: dict[Any, str]) -> set[str]:
+    """Event ids of captured users whose row is no longer there."""
+    gone = {event_id for key, event_id in captured.items() if key.was_deleted}
+    by_mapper: dict[Any, dict[tuple[Any, ...], str]] = {}
+    for key, event_id in captured.items():
+        if event_id not in gone and key.identity is not None:
+            mapper = key.mapper.base_mapper
+            by_mapper.setdefault(mapper, {})[tuple(key.identity)] = event_id
+    for mapper, ids in by_mapper.items():
+        columns = mapper.primary_key
+        wanted = (
+            columns[0].in_([i[0] for i in ids])
+            if len(columns) == 1
+            else sa.tuple_(*columns).in_(list(ids))
+        )
+        with session.no_autoflush:
+            found = {
+                tuple(row) for row in session.execute(sa.select(*columns).where(wanted))
+            }
+        gone.update(event_id for i, event_id in ids.items() if i not in found)
+    return gone
 
 
 def after_commit(session: Session) -> None:
@@ -286,8 +349,8 @@ _OUTER_LISTENERS = (
 
 def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the root ended: its users are settled
-        session.info.pop(_CAPTURED, None)
-        session.info.pop(_DELETES, None)
+        for key in (_CAPTURED, _DELETES, _BULK_DELETE, _GONE):
+            session.info.pop(key, None)
         _hand_over_kept(session.info, _COMMITTED)
     pending: Pending | None = session.info.get(_PENDING)
     if not pending:
@@ -299,6 +362,8 @@ def after_transaction_end(session: Session, transaction: SessionTransaction) -> 
 
 _LISTENERS = (
     ("after_flush", after_flush),
+    ("do_orm_execute", do_orm_execute),
+    ("before_commit", before_commit),
     ("after_commit", after_commit),
     ("after_transaction_end", after_transaction_end),
 )

@@ -438,6 +438,41 @@ def test_user_deleted_before_the_commit_fires_nothing(app, postreg, recorder):
     assert [e["email"] for e in events(app)] == ["kept@example.com"]
 
 
+def test_user_deleted_by_a_delete_statement_before_the_commit_fires_nothing(
+    app, postreg, recorder
+):
+    """The same with ``session.execute(delete(...))``: no flush sees the user
+    go, but the statement marks the instance deleted."""
+    with app.app_context():
+        db.session.add_all(
+            [Account(email="ghost@example.com"), Account(email="kept@example.com")]
+        )
+        db.session.flush()
+        db.session.execute(sa.delete(Account).filter_by(email="ghost@example.com"))
+        db.session.commit()
+    assert registered(app, postreg, recorder) == ["kept@example.com"]
+    assert [e["email"] for e in events(app)] == ["kept@example.com"]
+
+
+@pytest.mark.savepoints
+def test_delete_statements_undone_or_kept_by_savepoints(app, postreg, recorder):
+    """A DELETE statement in a SAVEPOINT rolled back undoes nothing for the
+    user: it fires. One in a released SAVEPOINT stands (here the legacy
+    ``Query.delete()``): it does not."""
+    with app.app_context():
+        db.session.add_all(
+            [Account(email="undone@example.com"), Account(email="gone@example.com")]
+        )
+        db.session.flush()
+        savepoint = db.session.begin_nested()
+        db.session.execute(sa.delete(Account).filter_by(email="undone@example.com"))
+        savepoint.rollback()
+        with db.session.begin_nested():
+            db.session.query(Account).filter_by(email="gone@example.com").delete()
+        db.session.commit()
+    assert registered(app, postreg, recorder) == ["undone@example.com"]
+
+
 @pytest.mark.savepoints
 def test_delete_undone_by_a_savepoint_rollback_still_fires(app, postreg, recorder):
     """The delete's flush dropped the user's deliveries; rolling its SAVEPOINT
