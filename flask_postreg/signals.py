@@ -5,6 +5,8 @@ Receivers should accept ``**extra``; the sender is always the real Flask app.
 
 from __future__ import annotations
 
+from typing import Any
+
 from blinker import Namespace
 
 _signals = Namespace()
@@ -16,6 +18,30 @@ _signals = Namespace()
 #:
 #: .. versionadded:: 0.1
 post_user_registration = _signals.signal("post-user-registration")
+
+# Counts connects and disconnects of ``post_user_registration`` for any sender:
+# an app's cached hook list keys on it (connecting a known receiver for one more
+# app, or disconnecting it from one, leaves ``receivers`` as it was).
+_receiver_changes = 0
+
+
+def _receivers_changed(_signal: Any, **_kwargs: Any) -> None:
+    # Never raises: blinker would undo the app's connect() and raise it there.
+    global _receiver_changes
+    _receiver_changes += 1
+
+
+def receiver_changes() -> int:
+    """How many times ``post_user_registration``'s receivers changed."""
+    return _receiver_changes
+
+
+post_user_registration.receiver_connected.connect(
+    _receivers_changed, sender=post_user_registration, weak=False
+)
+post_user_registration.receiver_disconnected.connect(
+    _receivers_changed, sender=post_user_registration, weak=False
+)
 
 #: Sent in the worker after a hook's attempt succeeded, with ``event`` (Event),
 #: ``hook`` (its name), ``attempt`` (1-based) and ``duration`` (seconds).

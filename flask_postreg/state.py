@@ -42,6 +42,7 @@ from .events import User
 from .events import new_event_id
 from .poller import Poller
 from .signals import post_user_registration
+from .signals import receiver_changes
 from .snapshot import FieldMap
 from .snapshot import build_context
 from .snapshot import build_user
@@ -367,7 +368,8 @@ class _State:
             self.ext._version,
             tuple(self.handler_hooks),
             self._settings_version,
-            tuple(post_user_registration.receivers),
+            tuple(post_user_registration.receivers),  # a weak one collected
+            receiver_changes(),  # connected or disconnected for some app
         )
         cached = self._hooks_cache
         if cached is None or cached[0] != key:

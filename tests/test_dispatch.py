@@ -189,6 +189,37 @@ def test_receivers_made_by_one_factory_each_run_as_their_own_hook(app, postreg):
     assert [h.name for h in hooks] == [base] + [f"{base}#{n}" for n in range(2, 7)]
 
 
+def test_one_receiver_connected_and_disconnected_per_app(make_app, new_db_url):
+    """Connecting a receiver already known for one app to another, or
+    disconnecting it from one, changes that app's hooks at once (its cached
+    list used to miss it: blinker's receiver ids stay the same)."""
+    from flask_postreg import PostReg
+
+    shared = PostReg()
+    a, _ = make_app(shared, name="a", url=new_db_url("ra"))
+    b, _ = make_app(shared, name="b", url=new_db_url("rb"))
+    got = []
+
+    def receiver(sender, user, context, **extra):
+        got.append((sender.name, user.email))
+
+    def signup(app, email):
+        register(app, email)
+        assert shared.join(10)
+
+    post_user_registration.connect(receiver, a)
+    try:
+        signup(a, "one@example.com")
+        signup(b, "two@example.com")  # caches b's hooks: no receiver
+        post_user_registration.connect(receiver, b)
+        signup(b, "three@example.com")
+        post_user_registration.disconnect(receiver, a)
+        signup(a, "four@example.com")
+    finally:
+        post_user_registration.disconnect(receiver)
+    assert got == [("a", "one@example.com"), ("b", "three@example.com")]
+
+
 def test_a_receiver_whose_eq_raises_does_not_break_the_commit(app, postreg):
     """Receivers are matched by identity: an object's own ``__eq__`` (which may
     assume its own kind) never runs inside the registration's flush."""
