@@ -157,15 +157,19 @@ def _leaves(value: Any, found: set[Any]) -> None:
         found.add(value)
 
 
-def _secret_texts(secrets: Mapping[str, Any]) -> set[str]:
-    """Every text in a secrets mapping to hide: its scalar values, and the
-    strings nested in dicts and lists (``{"crm": {"token": ...}}``)."""
-    found = {
-        str(v)
-        for v in secrets.values()
-        if v is not None and not isinstance(v, (Mapping, list, tuple))
-    }
-    _leaves(secrets, found)
+def _secret_texts(value: Any, found: set[str] | None = None) -> set[str]:
+    """Every text in a secrets mapping to hide: its strings and numbers, nested
+    in dicts and lists too (``{"crm": {"token": ..., "pin": 4821}}``); not
+    booleans ("True" is no secret, and hiding it would garble messages)."""
+    found = set() if found is None else found
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _secret_texts(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _secret_texts(item, found)
+    elif value is not None and not isinstance(value, bool):
+        found.add(str(value))  # a number, a Decimal...: as it is printed
     return found
 
 

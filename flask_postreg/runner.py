@@ -34,6 +34,7 @@ from .errors import PostRegError
 from .events import Event
 from .events import sample_body
 from .scrub import scrub
+from .scrub import secret_forms
 
 if TYPE_CHECKING:
     from .state import _State
@@ -270,7 +271,8 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
 
 def _hide(text: str, secrets: Iterable[str]) -> str:
     """Known secret values out of a log line (the line is otherwise the hook's)."""
-    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+    forms = {form for s in secrets if len(s) >= 4 for form in secret_forms(s)}
+    for secret in sorted(forms, key=len, reverse=True):
         text = text.replace(secret, "[secret]")
     return text
 

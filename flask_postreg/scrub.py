@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,9 +35,13 @@ _SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE
 def scrub(
     text: str, secrets: Iterable[str] = (), *, limit: int | None = MAX_MESSAGE
 ) -> str:
-    """Replace known secret values, tokens, webhook URLs and e-mail addresses."""
+    """Replace known secret values (as given, URL-encoded or JSON-escaped: an
+    HTTP library quotes the URL it failed on), tokens, webhook URLs and e-mail
+    addresses."""
     for secret in sorted(
-        {s for s in secrets if s and len(s) >= 4}, key=len, reverse=True
+        {form for s in secrets if s and len(s) >= 4 for form in secret_forms(s)},
+        key=len,
+        reverse=True,
     ):
         text = text.replace(secret, "[secret]")
     text = _TOKENS.sub("[secret]", text)
@@ -46,6 +52,17 @@ def scrub(
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The ways a secret's text shows up in messages."""
+    return {
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret),
+        urllib.parse.quote(secret),
+        json.dumps(secret)[1:-1],
+    }
 
 
 def database_url(url: Any) -> str:

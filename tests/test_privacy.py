@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 
 from .models import Account
 from .models import db
@@ -179,6 +180,34 @@ def test_scrub_catches_encoded_and_lowercase_secrets_but_not_vocabulary(make_app
     (outcome,) = app.extensions["postreg"].store.recent(hook="crm")
     assert "nested-s3cret" not in outcome.error
     assert "https://crm.test refused plan free with [secret]" in outcome.error
+
+
+def test_secrets_are_hidden_url_encoded_and_as_numbers(make_app, caplog):
+    """A requests-style error quotes the URL it failed on, so an API key with
+    "+", "/" or "=" shows up percent-encoded; a nested PIN is a number.
+    Booleans are not secrets: "True" stays readable."""
+    key = "Zm9vYmFy+c2VjcmV0/a2V5=="
+    app, postreg = make_app(
+        POSTREG_SECRETS={"CRM_KEY": key, "crm": {"pin": 48291734, "sandbox": True}}
+    )
+
+    def crm(user, context):
+        quoted = urllib.parse.quote(context.secrets["CRM_KEY"], safe="")
+        pin = context.secrets["crm"]["pin"]
+        raise RuntimeError(
+            f"401 for url: https://api.crm.test/v1?apikey={quoted} (pin {pin}),"
+            f" sandbox={context.secrets['crm']['sandbox']}"
+        )
+
+    postreg.hook(crm, name="crm", max_attempts=1)
+    with caplog.at_level(logging.DEBUG), app.app_context():
+        db.session.add(Account(email="ann@example.com"))
+        db.session.commit()
+        assert postreg.join(10)
+    (outcome,) = app.extensions["postreg"].store.recent(hook="crm")
+    for text in (outcome.error, caplog.text):
+        assert "Zm9vYmFy" not in text and "48291734" not in text
+    assert "apikey=[secret] (pin [secret]), sandbox=True" in outcome.error
 
 
 def test_nested_secrets_are_read_only_for_hooks(make_app):
