@@ -219,6 +219,22 @@ def test_listeners_installed_once_across_apps(make_app, new_db_url):
     assert len(ours) == 1
 
 
+def test_an_app_cli_command_that_creates_a_user_fires(app, postreg, recorder):
+    """DESIGN: any ORM path fires; a CLI command has an app context but no
+    request (its context has no IP or language from a request)."""
+
+    @app.cli.command("create-user")
+    def create_user():
+        db.session.add(Account(email="cli@example.com"))
+        db.session.commit()
+
+    result = app.test_cli_runner().invoke(args=["create-user"])
+    assert result.exit_code == 0, result.output
+    assert registered(app, postreg, recorder) == ["cli@example.com"]
+    _user, context = recorder.calls[0]
+    assert context.request is None
+
+
 def test_core_insert_fires_nothing_but_emit_does(app, postreg, recorder):
     with app.app_context():
         db.session.execute(sa.insert(Account), [{"email": "bulk@example.com"}])
