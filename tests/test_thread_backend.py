@@ -131,3 +131,51 @@ def test_backlog_queued_while_a_worker_lingers_runs_on_the_whole_pool(monkeypatc
     assert pool.join(20)  # ...and wakes the others
     assert sorted(passed) == ["1", "2", "3", "4"]
     assert pool.shutdown(5)
+
+
+def test_a_slow_hook_leaves_a_worker_to_the_other_hooks():
+    """DESIGN: a slow hook affects no other hook. With two workers and a
+    backlog of both, the slow one holds at most one; the fast one's jobs all
+    run while every slow job is still blocked."""
+    pool = backend(workers=2)
+    release = threading.Event()
+    fast_done = threading.Event()
+    lock = threading.Lock()
+    ran = []
+
+    def slow(user, context):
+        release.wait(30)
+
+    def fast(user, context):
+        with lock:
+            ran.append(user.id)
+            if len(ran) == 6:
+                fast_done.set()
+
+    slow_hook = Hook("slow", slow, max_attempts=1, timeout=60)
+    fast_hook = Hook("fast", fast, max_attempts=1, timeout=60)
+    try:
+        for i in range(6):
+            assert pool.submit(Delivery(event(i), slow_hook))
+            assert pool.submit(Delivery(event(i), fast_hook))
+        assert fast_done.wait(10), f"fast jobs run behind slow ones: {ran}"
+    finally:
+        release.set()
+    assert pool.join(30)
+    statuses = [o.status for o in pool.dispatcher.store.recent()]
+    assert statuses == ["succeeded"] * 12
+    pool.shutdown(5)
+
+
+def test_a_hook_alone_in_the_queue_uses_every_worker():
+    """The limit holds only while other hooks wait: alone, a hook's jobs run on
+    the whole pool (here two at once: each waits for the other)."""
+    pool = backend(workers=2)
+    both = threading.Barrier(2, timeout=10)
+    hook = Hook("pair", lambda user, context: both.wait(), max_attempts=1, timeout=30)
+    for i in range(2):
+        assert pool.submit(Delivery(event(i), hook))
+    assert pool.join(30)
+    statuses = [o.status for o in pool.dispatcher.store.recent(hook="pair")]
+    assert statuses == ["succeeded", "succeeded"]
+    pool.shutdown(5)

@@ -3,6 +3,8 @@
 - Created lazily, per process id: a gunicorn ``--preload`` fork gets its own.
 - A bounded queue: past ``POSTREG_MAX_QUEUE`` a job is refused (the caller counts
   and logs it; the database store leaves it to the poller).
+- Fair: one FIFO per hook, taken in turn; while other hooks' jobs wait, one
+  hook holds at most all workers but one (:class:`FairQueue`).
 - A scheduler thread runs due retries and is the watchdog: an attempt past its
   timeout is reported failed, its thread is written off (threads cannot be
   killed) and a fresh worker takes its place, so a hanging hook never starves
@@ -16,7 +18,6 @@
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
 import dataclasses
 import heapq
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from .. import forksafe
 from ..errors import HookTimeout
+from .fair_queue import FairQueue
 
 if TYPE_CHECKING:
     from ..dispatch import Delivery
@@ -97,7 +99,7 @@ class ThreadBackend:
         self._sched_wake_at = 0.0
         self._tick = 1.0  # idle watchdog period: half the shortest timeout, <= 1 s
         self._pid: int | None = None
-        self._queue: collections.deque[Delivery] = collections.deque()
+        self._queue = FairQueue()
         self._timers: list[tuple[float, int, Delivery]] = []
         self._running: dict[int, _Running] = {}
         self._seq = itertools.count()
@@ -298,6 +300,18 @@ class ThreadBackend:
             self._tick = running.timeout / 2
             self._sched.notify()
 
+    @property
+    def _per_hook(self) -> int:
+        """Workers one hook may hold while other hooks' jobs wait: all but one."""
+        return max(self.max_workers - 1, 1)
+
+    def _job_over(self, delivery: Delivery) -> None:
+        """A taken job's attempt returned (lock held): its hook may take a
+        worker again, so wake one for a job that waited on that."""
+        self._queue.done(delivery)
+        if self._queue and not self._lingering:
+            self._work_ready.notify()
+
     def _finished_one(self) -> None:
         """One delivery left the pool (lock held)."""
         self._pending -= 1
@@ -316,9 +330,12 @@ class ThreadBackend:
         busy = False  # ran a job since it last waited: linger before sleeping
         while True:
             with self._cond:
-                while not self._queue and not (self._stopping and self._pending <= 0):
+                while True:
                     if self._pid != pid:
                         return
+                    delivery = self._queue.take(self._per_hook)
+                    if delivery is not None or (self._stopping and self._pending <= 0):
+                        break
                     if busy and not self._lingering and not self._stopping:
                         self._lingering += 1
                         self._work_ready.wait(LINGER)
@@ -327,10 +344,9 @@ class ThreadBackend:
                         self._work_ready.wait()
                     busy = False
                 busy = True
-                if not self._queue or self._pid != pid:
+                if delivery is None:
                     self._workers -= 1
                     return
-                delivery = self._queue.popleft()
                 if self._queue and not self._lingering:
                     # Submits a lingerer let pass woke no one: wake the next
                     # worker, so a backlog still runs on the whole pool.
@@ -339,6 +355,7 @@ class ThreadBackend:
             prepared = self.dispatcher.prepare(delivery)
             if prepared is None:  # another worker or process holds it
                 with self._cond:
+                    self._job_over(delivery)
                     self._finished_one()
                 continue
             with self._cond:
@@ -350,6 +367,7 @@ class ThreadBackend:
             attempt = self.dispatcher.call(prepared)
             with self._cond:
                 self._running.pop(token, None)
+                self._job_over(delivery)
                 if running.abandoned:  # the watchdog already reported it
                     self._stuck -= 1
                     if self._workers >= self.max_workers:

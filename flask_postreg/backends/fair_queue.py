@@ -1,0 +1,71 @@
+"""The pool's queue: one FIFO per hook, taken in turn, so that one hook's slow
+or hanging jobs cannot hold every worker while other hooks' jobs wait."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..dispatch import Delivery
+
+
+class FairQueue:
+    """Deliveries waiting for a worker (the caller holds the pool's lock).
+
+    :meth:`take` serves the hooks round-robin and skips a hook already running
+    on ``limit`` workers while another hook has jobs waiting; a hook alone in
+    the queue may use every worker. :meth:`done` ends a taken job's count
+    (after its attempt returned, even past its timeout: a hung attempt still
+    holds its thread).
+    """
+
+    def __init__(self) -> None:
+        self._by_hook: collections.OrderedDict[str, collections.deque[Delivery]] = (
+            collections.OrderedDict()
+        )
+        self._size = 0
+        self._running: collections.Counter[str] = collections.Counter()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[Delivery]:
+        for jobs in self._by_hook.values():
+            yield from jobs
+
+    def append(self, delivery: Delivery) -> None:
+        name = delivery.hook.name
+        jobs = self._by_hook.get(name)
+        if jobs is None:
+            jobs = self._by_hook[name] = collections.deque()
+        jobs.append(delivery)
+        self._size += 1
+
+    def take(self, limit: int) -> Delivery | None:
+        """The next job to run, or None when every waiting hook is at ``limit``."""
+        alone = len(self._by_hook) == 1
+        for name, jobs in self._by_hook.items():
+            if alone or self._running[name] < limit:
+                delivery = jobs.popleft()
+                self._size -= 1
+                if jobs:
+                    self._by_hook.move_to_end(name)  # the others go first next
+                else:
+                    del self._by_hook[name]
+                self._running[name] += 1
+                return delivery
+        return None
+
+    def done(self, delivery: Delivery) -> None:
+        """A job :meth:`take` gave is over (ran, or was not run after all)."""
+        name = delivery.hook.name
+        self._running[name] -= 1
+        if self._running[name] <= 0:
+            del self._running[name]
+
+    def clear(self) -> None:
+        """Drop the waiting jobs (the running ones keep their counts)."""
+        self._by_hook.clear()
+        self._size = 0
