@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
@@ -133,9 +134,7 @@ def personal_values(event: Event) -> set[str]:
     found = {user.username, user.phone_number, user.name}
     if request is not None:
         found.update((request.ip, request.user_agent))
-    leaves: set[Any] = set()
-    for metadata in (user.user_metadata, user.app_metadata):
-        _leaves(metadata, leaves)
+    leaves = [v for m in (user.user_metadata, user.app_metadata) for v in _leaves(m)]
     # Short metadata values are mostly vocabulary ("free", "https", "en"):
     # hiding them would garble every message that happens to contain them.
     found.update(v for v in leaves if isinstance(v, str) and len(v) >= METADATA_MIN)
@@ -146,31 +145,25 @@ def personal_values(event: Event) -> set[str]:
 METADATA_MIN = 6
 
 
-def _leaves(value: Any, found: set[Any]) -> None:
+def _leaves(value: Any) -> Iterator[Any]:
+    """The scalars nested in ``value``'s dicts and lists."""
     if isinstance(value, Mapping):
         for item in value.values():
-            _leaves(item, found)
+            yield from _leaves(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _leaves(item, found)
-    elif isinstance(value, str):
-        found.add(value)
+            yield from _leaves(item)
+    else:
+        yield value
 
 
-def _secret_texts(value: Any, found: set[str] | None = None) -> set[str]:
+def _secret_texts(secrets: Any) -> set[str]:
     """Every text in a secrets mapping to hide: its strings and numbers, nested
     in dicts and lists too (``{"crm": {"token": ..., "pin": 4821}}``); not
     booleans ("True" is no secret, and hiding it would garble messages)."""
-    found = set() if found is None else found
-    if isinstance(value, Mapping):
-        for item in value.values():
-            _secret_texts(item, found)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _secret_texts(item, found)
-    elif value is not None and not isinstance(value, bool):
-        found.add(str(value))  # a number, a Decimal...: as it is printed
-    return found
+    return {
+        str(v) for v in _leaves(secrets) if v is not None and not isinstance(v, bool)
+    }
 
 
 class Attempt(NamedTuple):
