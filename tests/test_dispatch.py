@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import threading
@@ -33,6 +34,18 @@ def register(app, email="ann@example.com"):
     with app.app_context():
         db.session.add(Account(email=email, password_hash="pbkdf2:sha256:SECRET-HASH"))
         db.session.commit()
+
+
+@contextlib.contextmanager
+def connected(app, *receivers):
+    """``receivers`` connected to ``post_user_registration`` for ``app``."""
+    for receiver in receivers:
+        post_user_registration.connect(receiver, app)
+    try:
+        yield
+    finally:
+        for receiver in receivers:
+            post_user_registration.disconnect(receiver, app)
 
 
 def outcomes(app, **filters):
@@ -140,12 +153,9 @@ def test_blinker_receivers_run_in_the_pool(app, postreg, recorder):
     def receiver(sender, user, context, **extra):
         got.append((sender, user.email, threading.current_thread().name))
 
-    post_user_registration.connect(receiver, app)
-    try:
+    with connected(app, receiver):
         register(app)
         assert postreg.join(10)
-    finally:
-        post_user_registration.disconnect(receiver, app)
     assert got == [(app, "ann@example.com", got[0][2])]
     assert got[0][2].startswith("postreg-worker")
     names = [h.name for h in postreg.hooks(app)]
@@ -167,9 +177,7 @@ def test_receivers_made_by_one_factory_each_run_as_their_own_hook(app, postreg):
 
     labels = ["crm", "audit", "billing", "erp", "ads", "bi"]
     receivers = [make_receiver(label) for label in labels]
-    for receiver in receivers:
-        post_user_registration.connect(receiver, app)
-    try:
+    with connected(app, *receivers):
         register(app)
         assert postreg.join(10)
         assert sorted(got) == sorted(labels)
@@ -178,9 +186,6 @@ def test_receivers_made_by_one_factory_each_run_as_their_own_hook(app, postreg):
         with app.app_context():
             for hook in hooks:  # which receiver each name runs
                 hook.func(User(email="x@example.com"), Context())
-    finally:
-        for receiver in receivers:
-            post_user_registration.disconnect(receiver, app)
     assert got == labels
     base = (
         "signal:tests.test_dispatch:test_receivers_made_by_one_factory_each_run"
@@ -239,15 +244,9 @@ def test_a_receiver_whose_eq_raises_does_not_break_the_commit(app, postreg):
     def plain(sender, user, context, **extra):
         got.append("plain")
 
-    forward = Forward()
-    post_user_registration.connect(plain, app)
-    post_user_registration.connect(forward, app)
-    try:
+    with connected(app, plain, Forward()):
         register(app)
         assert postreg.join(10)
-    finally:
-        post_user_registration.disconnect(plain, app)
-        post_user_registration.disconnect(forward, app)
     assert sorted(got) == ["forward", "plain"]
 
 
