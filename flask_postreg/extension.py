@@ -307,11 +307,16 @@ class PostReg:
             state.store.flush()  # outcomes are durable when join() says done
         return True
 
-    def shutdown(self, timeout: float | None = None) -> bool:
-        """Stop every pool of this extension, letting jobs finish within ``timeout``."""
+    def shutdown(
+        self, timeout: float | None = None, *, app: Flask | None = None
+    ) -> bool:
+        """Stop the pools of this extension (only ``app``'s when given), letting
+        jobs finish within ``timeout``. Threads hold their app: an app factory
+        per test should stop its app's pool in the fixture's teardown."""
         ok = True
         for state in list(self._states):
-            ok = state.backend.shutdown(timeout) and ok
+            if app is None or state.app is app:
+                ok = state.backend.shutdown(timeout) and ok
         return ok
 
     def states(self) -> Iterable[_State]:

@@ -225,6 +225,29 @@ def test_one_receiver_connected_and_disconnected_per_app(make_app, new_db_url):
     assert got == [("a", "one@example.com"), ("b", "three@example.com")]
 
 
+def test_shutdown_of_one_app_leaves_the_others_running(make_app, new_db_url):
+    """An app factory per test stops its own app's pool in teardown; another
+    app of the same PostReg keeps running its hooks."""
+    from flask_postreg import PostReg
+
+    shared = PostReg()
+    a, _ = make_app(shared, name="a", url=new_db_url("sa"))
+    b, _ = make_app(shared, name="b", url=new_db_url("sb"))
+    got = []
+    shared.hook(lambda user, context: got.append(user.email), name="rec")
+    for app in (a, b):
+        register(app, f"{app.name}1@example.com")
+    assert shared.join(10)
+    assert shared.shutdown(5, app=a)
+    for thread in a.extensions["postreg"].backend.threads():
+        thread.join(5)
+        assert not thread.is_alive(), f"{thread.name} of app a lives on"
+    register(a, "a2@example.com")  # left pending in a's outbox, not run here
+    register(b, "b2@example.com")
+    assert shared.join(10)
+    assert sorted(got) == ["a1@example.com", "b1@example.com", "b2@example.com"]
+
+
 def test_a_receiver_whose_eq_raises_does_not_break_the_commit(app, postreg):
     """Receivers are matched by identity: an object's own ``__eq__`` (which may
     assume its own kind) never runs inside the registration's flush."""

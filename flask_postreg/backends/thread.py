@@ -110,6 +110,7 @@ class ThreadBackend:
         self._stopping = False
         self._poller: threading.Thread | None = None
         self.started_threads = 0
+        self._threads: list[threading.Thread] = []
 
     # -- public ------------------------------------------------------------
 
@@ -167,6 +168,12 @@ class ThreadBackend:
         """Deliveries queued, running or waiting for an in-process retry."""
         with self._cond:
             return self._pending if self._pid == os.getpid() else 0
+
+    def threads(self) -> list[threading.Thread]:
+        """The threads this pool started in this process and that still run."""
+        with self._cond:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            return list(self._threads)
 
     def queued(self) -> int:
         with self._cond:
@@ -272,6 +279,7 @@ class ThreadBackend:
             daemon=True,
         )
         thread.start()
+        self._threads.append(thread)
         self.started_threads += 1
         if role == "worker":
             self._workers += 1
