@@ -288,7 +288,10 @@ def _exchange(
         if code != 220:
             raise _classify(code, _reply(resp))
         smtp.ehlo()
-        if settings.use_tls:
+        # A login never goes in clear to a server that offers STARTTLS, even
+        # without POSTREG_MAIL_USE_TLS (which makes it required).
+        upgrade = settings.username and smtp.has_extn("starttls")
+        if settings.use_tls or (upgrade and not settings.use_ssl):
             smtp.starttls(context=settings.context())
             smtp.ehlo()
         if settings.username:
