@@ -69,9 +69,8 @@ def _mail(state: _State) -> list[Check]:
             "config",
             "mail",
             True,
-            f"the SMTP login to {server} is sent unencrypted if the server offers"
-            " no STARTTLS: set POSTREG_MAIL_USE_TLS = True (STARTTLS required) or"
-            " POSTREG_MAIL_USE_SSL = True",
+            f"the SMTP login to {server} is sent unencrypted: set"
+            " POSTREG_MAIL_USE_TLS = True (STARTTLS) or POSTREG_MAIL_USE_SSL = True",
             warning=True,
         )
     ]

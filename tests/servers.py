@@ -157,14 +157,6 @@ class RecordingSMTPHandler:
         self.rcpt_replies: collections.deque[str] = collections.deque()
         self.data_replies: collections.deque[str] = collections.deque()
         self.tls_seen: list[bool] = []
-        self.ehlo_tls: list[bool] = []  # per EHLO: was the session encrypted
-
-    async def handle_EHLO(
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: Any
-    ) -> Any:
-        self.ehlo_tls.append(session.ssl is not None)
-        session.host_name = hostname  # aiosmtpd leaves this to the hook
-        return responses
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any

@@ -261,26 +261,6 @@ def test_starttls_through_the_extension_uses_mail_ca_file(
     assert "pA55w0rd" not in outcome.error
 
 
-def test_a_login_upgrades_to_tls_when_the_server_offers_it(
-    app_factory: Any, starttls_server: SMTPServer, tls: TLS
-) -> None:
-    """DESIGN: always STARTTLS. Without POSTREG_MAIL_USE_TLS the password went
-    in clear to a server that offered STARTTLS; a login now upgrades first
-    (with certificate checks, hence the CA file)."""
-    a = mail_app(
-        app_factory,
-        starttls_server,
-        POSTREG_MAIL_CA_FILE=str(tls.ca_file),
-        POSTREG_MAIL_USERNAME="signups",
-        POSTREG_MAIL_PASSWORD="pA55w0rd-sEcReT",
-    )
-    a.register(username="ada", email="ada@example.com")
-    assert a.postreg.join(10)
-    assert starttls_server.handler.ehlo_tls == [False, True]
-    [outcome] = a.outcomes()
-    assert "535" in (outcome.error or "")  # refused, but only after STARTTLS
-
-
 def test_550_is_permanent(app_factory: Any, smtp_server: SMTPServer) -> None:
     smtp_server.handler.rcpt_replies.extend(["550 5.1.1 No such user"] * 2)
     a = mail_app(app_factory, smtp_server)

@@ -288,10 +288,7 @@ def _exchange(
         if code != 220:
             raise _classify(code, _reply(resp))
         smtp.ehlo()
-        # A login never goes in clear to a server that offers STARTTLS, even
-        # without POSTREG_MAIL_USE_TLS (which makes it required).
-        upgrade = settings.username and smtp.has_extn("starttls")
-        if settings.use_tls or (upgrade and not settings.use_ssl):
+        if settings.use_tls:
             smtp.starttls(context=settings.context())
             smtp.ehlo()
         if settings.username:
