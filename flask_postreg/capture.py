@@ -133,39 +133,56 @@ def _without_deleted(
 
 
 def do_orm_execute(orm_execute_state: Any) -> None:
-    """A DELETE statement (``session.execute(delete(...))``, ``Query.delete()``):
-    the root commit checks which captured users still have a row."""
-    if orm_execute_state.is_delete:
-        orm_execute_state.session.info[_BULK_DELETE] = True
+    """A DELETE statement on the user model's tables (``session.execute(
+    delete(User)...)``, ``Query.delete()``): the commit checks which captured
+    users still have a row."""
+    if not orm_execute_state.is_delete:
+        return
+    state = _state()
+    table = getattr(orm_execute_state.statement, "table", None)
+    if state is not None and table is not None and table not in state.mapper.tables:
+        return  # another model's rows
+    orm_execute_state.session.info[_BULK_DELETE] = True
 
 
 def before_commit(session: Session) -> None:
     """After a DELETE statement in this transaction, users captured in it whose
-    row is gone (an instance the statement matched is marked deleted; one no
-    longer in memory is looked up, one SELECT): their outbox rows go now, in the
-    transaction, and their deliveries at the root commit."""
-    if _BULK_DELETE not in session.info or session.in_nested_transaction():
-        return  # no DELETE statement, or a SAVEPOINT's release: the root decides
-    del session.info[_BULK_DELETE]
+    row is gone (one SELECT): their outbox rows go now, in the transaction, and
+    their deliveries at the root commit.
+
+    Checked at every commit (a SAVEPOINT's release too, and the root's last, so
+    its answer stands), inside a SAVEPOINT of its own: a failed SELECT must not
+    abort the registration's transaction (PostgreSQL would then roll it back
+    at COMMIT without a word). Should it fail, those hooks run, as before.
+    """
+    if _BULK_DELETE not in session.info:
+        return
     captured: dict[Any, str] | None = session.info.get(_CAPTURED)
-    if not captured:
+    state = _state()
+    if not captured or state is None:
         return
     try:
-        gone = _rows_gone(session, captured)
-        if not gone:
-            return
-        session.info[_DELETES] = True
-        session.info[_GONE] = gone
-        state = _state()
-        if state is not None:
-            state.forget(gone, session)
-    except Exception:  # the commit goes on; those hooks would run, as before
+        connection = session.connection(bind_arguments={"mapper": state.mapper})
+        with connection.begin_nested():
+            gone = _rows_gone(connection, captured)
+            if gone:
+                state.forget(gone, session)
+    except Exception:
         logger.exception(
-            "flask-postreg could not check for captured users a DELETE removed"
+            "flask-postreg could not check for captured users a DELETE removed;"
+            " their hooks will run"
         )
+        return
+    session.info[_GONE] = gone
+    if gone:
+        session.info[_DELETES] = True
 
 
-def _rows_gone(session: Session, captured: dict[Any, str]) -> set[str]:
+#: Ids per SELECT of :func:`_rows_gone` (databases cap bound parameters).
+_ROWS_PER_CHECK = 500
+
+
+def _rows_gone(connection: Connection, captured: dict[Any, str]) -> set[str]:
     """Event ids of captured users whose row is no longer there."""
     gone = {event_id for key, event_id in captured.items() if key.was_deleted}
     by_mapper: dict[Any, dict[tuple[Any, ...], str]] = {}
@@ -175,16 +192,18 @@ def _rows_gone(session: Session, captured: dict[Any, str]) -> set[str]:
             by_mapper.setdefault(mapper, {})[tuple(key.identity)] = event_id
     for mapper, ids in by_mapper.items():
         columns = mapper.primary_key
-        wanted = (
-            columns[0].in_([i[0] for i in ids])
-            if len(columns) == 1
-            else sa.tuple_(*columns).in_(list(ids))
-        )
-        with session.no_autoflush:
-            found = {
-                tuple(row) for row in session.execute(sa.select(*columns).where(wanted))
-            }
-        gone.update(event_id for i, event_id in ids.items() if i not in found)
+        keys = list(ids)
+        found: set[tuple[Any, ...]] = set()
+        for start in range(0, len(keys), _ROWS_PER_CHECK):
+            chunk = keys[start : start + _ROWS_PER_CHECK]
+            wanted = (
+                columns[0].in_([k[0] for k in chunk])
+                if len(columns) == 1
+                else sa.tuple_(*columns).in_(chunk)
+            )
+            query = sa.select(*columns).where(wanted)
+            found.update(tuple(row) for row in connection.execute(query))
+        gone.update(event_id for k, event_id in ids.items() if k not in found)
     return gone
 
 

@@ -313,10 +313,11 @@ class PostReg:
         """Stop the pools of this extension (only ``app``'s when given), letting
         jobs finish within ``timeout``. Threads hold their app: an app factory
         per test should stop its app's pool in the fixture's teardown."""
+        if app is not None:  # current_app too; an app without us is an error
+            return self._state(app).backend.shutdown(timeout)
         ok = True
         for state in list(self._states):
-            if app is None or state.app is app:
-                ok = state.backend.shutdown(timeout) and ok
+            ok = state.backend.shutdown(timeout) and ok
         return ok
 
     def states(self) -> Iterable[_State]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from flask_postreg import PostRegError
 from flask_postreg import User
+from flask_postreg import capture
 from flask_postreg.testing import record_events
 
 from .conftest import BOTH_DATABASES
@@ -468,6 +471,55 @@ def test_user_deleted_by_a_delete_statement_before_the_commit_fires_nothing(
         db.session.commit()
     assert registered(app, postreg, recorder) == ["kept@example.com"]
     assert [e["email"] for e in events(app)] == ["kept@example.com"]
+
+
+@pytest.mark.savepoints
+def test_root_commit_with_a_savepoint_open_still_checks_delete_statements(
+    app, postreg, recorder
+):
+    """Committing the root transaction while a ``begin_nested()`` is open
+    commits both at once; ``session.commit()`` too."""
+    with app.app_context():
+        db.session.add_all(
+            [Account(email="ghost@example.com"), Account(email="kept@example.com")]
+        )
+        db.session.flush()
+        root = db.session().get_transaction()
+        db.session.begin_nested()
+        db.session.execute(sa.delete(Account).filter_by(email="ghost@example.com"))
+        root.commit()
+        db.session.add(Account(email="later@example.com"))
+        db.session.flush()
+        db.session.begin_nested()
+        db.session.execute(sa.delete(Account).filter_by(email="later@example.com"))
+        db.session.commit()
+    assert registered(app, postreg, recorder) == ["kept@example.com"]
+
+
+def test_a_failed_delete_check_does_not_lose_the_registration(
+    app, postreg, recorder, monkeypatch, caplog
+):
+    """The check's SELECT fails (a statement timeout, a cancel): on PostgreSQL
+    that aborted the registration's transaction, whose COMMIT then rolled back
+    without a word while hooks ran. In its SAVEPOINT, the commit stands and the
+    hooks run, as they did before the check existed."""
+
+    def failing_check(connection, captured):
+        connection.execute(sa.text("SELECT * FROM no_such_table"))
+
+    monkeypatch.setattr(capture, "_rows_gone", failing_check)
+    with app.app_context(), caplog.at_level(logging.ERROR, logger="flask_postreg"):
+        db.session.add_all(
+            [Account(email="ghost@example.com"), Account(email="kept@example.com")]
+        )
+        db.session.flush()
+        db.session.execute(sa.delete(Account).filter_by(email="nobody@example.com"))
+        db.session.commit()
+    assert "could not check for captured users a DELETE removed" in caplog.text
+    assert registered(app, postreg, recorder) == [
+        "ghost@example.com",
+        "kept@example.com",
+    ]
 
 
 @pytest.mark.savepoints

@@ -238,7 +238,8 @@ def test_shutdown_of_one_app_leaves_the_others_running(make_app, new_db_url):
     for app in (a, b):
         register(app, f"{app.name}1@example.com")
     assert shared.join(10)
-    assert shared.shutdown(5, app=a)
+    with a.app_context():  # the current_app proxy names the app too
+        assert shared.shutdown(5, app=current_app)
     for thread in a.extensions["postreg"].backend.threads():
         thread.join(5)
         assert not thread.is_alive(), f"{thread.name} of app a lives on"

@@ -179,3 +179,34 @@ def test_a_hook_alone_in_the_queue_uses_every_worker():
     statuses = [o.status for o in pool.dispatcher.store.recent(hook="pair")]
     assert statuses == ["succeeded", "succeeded"]
     pool.shutdown(5)
+
+
+def test_hooks_at_their_limit_with_hung_attempts_still_get_idle_workers():
+    """A hung attempt keeps counting for its hook until it returns; with every
+    waiting hook at its limit a worker must still take a job, not sleep while
+    the queue is full (join() never returned)."""
+    pool = backend(workers=2)
+    release = threading.Event()
+    ran = []
+
+    def make(name):
+        def hook(user, context):
+            if user.id == "0":
+                release.wait(30)  # the first attempt of each hook hangs
+            ran.append((name, user.id))
+
+        return Hook(name, hook, max_attempts=1, timeout=0.2)
+
+    hooks = [make("a"), make("b")]
+    try:
+        for hook in hooks:
+            assert pool.submit(Delivery(event(0), hook))
+        for i in range(1, 4):
+            for hook in hooks:
+                assert pool.submit(Delivery(event(i), hook))
+        assert pool.join(10), f"jobs left waiting with idle workers: ran {ran}"
+    finally:
+        release.set()
+    done = {job for job in list(ran) if job[1] != "0"}
+    assert done == {(name, str(i)) for name in "ab" for i in range(1, 4)}
+    pool.shutdown(5)

@@ -15,10 +15,10 @@ class FairQueue:
     """Deliveries waiting for a worker (the caller holds the pool's lock).
 
     :meth:`take` serves the hooks round-robin and skips a hook already running
-    on ``limit`` workers while another hook has jobs waiting; a hook alone in
-    the queue may use every worker. :meth:`done` ends a taken job's count
-    (after its attempt returned, even past its timeout: a hung attempt still
-    holds its thread).
+    on ``limit`` workers while another hook under it has jobs waiting. It never
+    leaves a worker idle while a job waits: when every waiting hook is at its
+    limit (hung attempts count until they return: their threads are still
+    held) it takes the next job anyway. :meth:`done` ends a taken job's count.
     """
 
     def __init__(self) -> None:
@@ -44,19 +44,22 @@ class FairQueue:
         self._size += 1
 
     def take(self, limit: int) -> Delivery | None:
-        """The next job to run, or None when every waiting hook is at ``limit``."""
-        alone = len(self._by_hook) == 1
-        for name, jobs in self._by_hook.items():
-            if alone or self._running[name] < limit:
-                delivery = jobs.popleft()
-                self._size -= 1
-                if jobs:
-                    self._by_hook.move_to_end(name)  # the others go first next
-                else:
-                    del self._by_hook[name]
-                self._running[name] += 1
-                return delivery
-        return None
+        """The next job to run (None only when nothing waits)."""
+        if not self._by_hook:
+            return None
+        chosen = next(
+            (name for name in self._by_hook if self._running[name] < limit),
+            next(iter(self._by_hook)),  # all at their limit: work anyway
+        )
+        jobs = self._by_hook[chosen]
+        delivery = jobs.popleft()
+        self._size -= 1
+        if jobs:
+            self._by_hook.move_to_end(chosen)  # the others go first next
+        else:
+            del self._by_hook[chosen]
+        self._running[chosen] += 1
+        return delivery
 
     def done(self, delivery: Delivery) -> None:
         """A job :meth:`take` gave is over (ran, or was not run after all)."""
