@@ -194,6 +194,41 @@ def test_poller_query_uses_the_partial_due_index(make_app):
     assert not any(step.startswith("SCAN postreg_deliveries") for step in plan), plan
 
 
+@both
+def test_dead_letters_are_listed_and_retried_through_their_partial_index(make_app):
+    """``deliveries --status dead`` and ``retry --dead`` read the few dead rows,
+    not every delivery ever kept (SQLite: the query plan names the index)."""
+    _app, state, s, written = written_deliveries(make_app, 3, max_attempts=1)
+    for delivery in written[:2]:
+        state.dispatcher.finish(delivery, RuntimeError("down"), 0.1)
+    s.flush()
+    statements = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):
+        if "postreg_deliveries" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(s.engine, "before_cursor_execute", grab)
+    try:
+        dead = s.deliveries(status="dead", limit=10)
+        assert s.retry_dead(hook="h") == 2
+    finally:
+        sa.event.remove(s.engine, "before_cursor_execute", grab)
+    assert [d.id for d in dead] == [d.row_id for d in reversed(written[:2])]
+    assert [d.status for d in s.deliveries(hook="h")].count("pending") == 2
+    if s.engine.dialect.name != "sqlite":
+        return
+    with s.engine.connect() as conn:
+        for statement, parameters in statements:
+            plan = [
+                row[-1]
+                for row in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + statement, parameters
+                )
+            ]
+            assert any("ix_postreg_deliveries_dead" in step for step in plan), plan
+
+
 def test_listing_reads_the_newest_keys_instead_of_sorting_the_table(make_app):
     """``deliveries()`` (``flask postreg list``) on a table of millions of rows:
     newest first is the primary key backwards, and a time window a range of it;

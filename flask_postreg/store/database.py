@@ -44,6 +44,7 @@ from .base import to_epoch
 from .memory import MemoryStore
 from .outcomes import OutcomeWriter
 from .statements import StatementCache
+from .tables import DEAD_ONLY
 from .tables import Tables
 from .tables import stored_user_id
 from .tables import table_problems
@@ -435,7 +436,7 @@ class DatabaseStore(Store):
 
     def retry_dead(self, hook: str | None = None) -> int:
         d = self.t.deliveries
-        cond = d.c.status == DEAD
+        cond: Any = sa.text(DEAD_ONLY)  # a literal: the partial index's own
         if hook is not None:
             cond = cond & (d.c.hook == hook)
         return self._requeue(cond)

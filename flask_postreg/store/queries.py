@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..dispatch import DEAD
 from ..dispatch import PENDING
 from ..dispatch import SUCCEEDED
 from ..events import event_id_floor
@@ -22,6 +23,7 @@ from .base import DeliveryRecord
 from .base import delivery_id
 from .base import to_datetime
 from .base import to_epoch
+from .tables import DEAD_ONLY
 from .tables import Tables
 
 #: Seconds an event id's time may run ahead of its deliveries' ``created_at``
@@ -48,7 +50,9 @@ def deliveries(
     range of that key, instead of a sort of the whole table.
     """
     query = sa.select(d).order_by(d.c.event_id.desc(), d.c.hook.desc()).limit(limit)
-    if status is not None:
+    if status == DEAD:  # as a literal: SQLite then uses the partial index
+        query = query.where(sa.text(DEAD_ONLY))
+    elif status is not None:
         query = query.where(d.c.status == status)
     if hook is not None:
         query = query.where(d.c.hook == hook)

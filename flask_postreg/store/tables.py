@@ -6,7 +6,8 @@ Times are UTC epoch seconds (floats): comparable and indexable the same way on
 every database. Indexes are few on purpose: each one is written in the
 registration's own transaction, and on a SQLite file each B-tree a commit touches
 is one more page journaled and synced: a registration writes three (the event,
-its deliveries, the poller's index). Event ids are time-ordered, so inserts
+its deliveries, the poller's index); the partial index of dead letters takes no
+registration's row. Event ids are time-ordered, so inserts
 append to the B-trees instead of landing at random pages; on SQLite the tables
 are WITHOUT ROWID, so a text primary key is one B-tree, not a table plus an index.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..dispatch import DEAD
 from ..dispatch import PENDING
 from ..dispatch import RUNNING
 
@@ -29,6 +31,8 @@ HOOK_SETTINGS = "postreg_hook_settings"
 #: The rows the poller may claim; its query spells this condition the same way
 #: (as literals: SQLite uses a partial index only for a matching condition).
 OPEN_STATUSES = f"status IN ('{PENDING}', '{RUNNING}')"
+#: The dead letters, spelled the same way by the queries that list or retry them.
+DEAD_ONLY = f"status = '{DEAD}'"
 
 
 #: Width of ``postreg_events.user_id``.
@@ -120,6 +124,15 @@ def tables_for(metadata: sa.MetaData) -> Tables:
                 "next_attempt_at",
                 sqlite_where=sa.text(OPEN_STATUSES),
                 postgresql_where=sa.text(OPEN_STATUSES),
+            ),
+            # Dead letters, newest first (``deliveries --status dead``, ``retry
+            # --dead``): few rows, none written by a registration.
+            sa.Index(
+                "ix_postreg_deliveries_dead",
+                "event_id",
+                "hook",
+                sqlite_where=sa.text(DEAD_ONLY),
+                postgresql_where=sa.text(DEAD_ONLY),
             ),
             sqlite_with_rowid=False,
         )
