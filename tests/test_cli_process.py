@@ -184,9 +184,11 @@ def test_test_json_keeps_stdout_clean_of_a_hook_printing_past_its_timeout(tmp_pa
         timeout=60,
     )
     assert done.returncode == 1, done.stderr
+    # Before, stdout often (4 runs in 5) held a line after the JSON. Whether
+    # the hook prints again before the process ends is up to the scheduler,
+    # so stderr is not checked.
     data = json.loads(done.stdout)
     assert data["results"][0]["error_class"] == "HookTimeout"
-    assert "still waiting for the CRM" in done.stderr
 
 
 # -- interpreter exit (POSTREG_SHUTDOWN_TIMEOUT) -----------------------------------

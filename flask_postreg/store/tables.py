@@ -54,6 +54,19 @@ class Tables:
     hook_settings: sa.Table
 
 
+def _partial(name: str, *columns_and_where: str, unique: bool = False) -> sa.Index:
+    """An index over the columns, of the rows matching the last argument (a
+    condition written the same way as the queries that use it)."""
+    *columns, where = columns_and_where
+    return sa.Index(
+        name,
+        *columns,
+        unique=unique,
+        sqlite_where=sa.text(where),
+        postgresql_where=sa.text(where),
+    )
+
+
 def tables_for(metadata: sa.MetaData) -> Tables:
     """The three tables on ``metadata``, declared once (many apps share a db)."""
     if EVENTS not in metadata.tables:
@@ -74,13 +87,12 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             ),
             # Only replays set run_id: a partial index costs registrations nothing.
             # Unique: two replays of one run cannot both write a user's event.
-            sa.Index(
+            _partial(
                 "ix_postreg_events_run_id",
                 "run_id",
                 "user_id",
+                "run_id IS NOT NULL",
                 unique=True,
-                sqlite_where=sa.text("run_id IS NOT NULL"),
-                postgresql_where=sa.text("run_id IS NOT NULL"),
             ),
             sqlite_with_rowid=False,
         )
@@ -118,22 +130,12 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             # ended (a running row's next_attempt_at is its lease end).
             # Partial: finished rows (almost all of them) leave it, so it stays
             # small and recording an outcome only deletes an entry.
-            sa.Index(
-                "ix_postreg_deliveries_due",
-                "status",
-                "next_attempt_at",
-                sqlite_where=sa.text(OPEN_STATUSES),
-                postgresql_where=sa.text(OPEN_STATUSES),
+            _partial(
+                "ix_postreg_deliveries_due", "status", "next_attempt_at", OPEN_STATUSES
             ),
             # Dead letters, newest first (``deliveries --status dead``, ``retry
             # --dead``): few rows, none written by a registration.
-            sa.Index(
-                "ix_postreg_deliveries_dead",
-                "event_id",
-                "hook",
-                sqlite_where=sa.text(DEAD_ONLY),
-                postgresql_where=sa.text(DEAD_ONLY),
-            ),
+            _partial("ix_postreg_deliveries_dead", "event_id", "hook", DEAD_ONLY),
             sqlite_with_rowid=False,
         )
     if HOOK_SETTINGS not in metadata.tables:
