@@ -15,10 +15,12 @@ class FairQueue:
     """Deliveries waiting for a worker (the caller holds the pool's lock).
 
     :meth:`take` serves the hooks round-robin and skips a hook already running
-    on ``limit`` workers while another hook under it has jobs waiting. It never
-    leaves a worker idle while a job waits: when every waiting hook is at its
-    limit (hung attempts count until they return: their threads are still
-    held) it takes the next job anyway. :meth:`done` ends a taken job's count.
+    on ``limit`` workers: once the pool has seen more than one hook, one worker
+    at least stays for the others, even when none of their jobs waits yet (the
+    next registration's will). A pool that only ever saw one hook uses every
+    worker. :meth:`done` ends a taken job's count (the pool calls it when an
+    attempt returns, or when the watchdog writes a hung one off: a hung
+    attempt's thread is replaced, so it must not hold its hook's share).
     """
 
     def __init__(self) -> None:
@@ -27,6 +29,7 @@ class FairQueue:
         )
         self._size = 0
         self._running: collections.Counter[str] = collections.Counter()
+        self._hooks_seen: set[str] = set()
 
     def __len__(self) -> int:
         return self._size
@@ -42,15 +45,19 @@ class FairQueue:
             jobs = self._by_hook[name] = collections.deque()
         jobs.append(delivery)
         self._size += 1
+        self._hooks_seen.add(name)
 
     def take(self, limit: int) -> Delivery | None:
-        """The next job to run (None only when nothing waits)."""
+        """The next job to run, or None (nothing waits, or only hooks at their
+        limit while the pool has seen others)."""
         if not self._by_hook:
             return None
+        alone = len(self._hooks_seen) == 1
         chosen = next(
-            (name for name in self._by_hook if self._running[name] < limit),
-            next(iter(self._by_hook)),  # all at their limit: work anyway
+            (n for n in self._by_hook if alone or self._running[n] < limit), None
         )
+        if chosen is None:
+            return None
         jobs = self._by_hook[chosen]
         delivery = jobs.popleft()
         self._size -= 1

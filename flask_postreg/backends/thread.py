@@ -3,8 +3,8 @@
 - Created lazily, per process id: a gunicorn ``--preload`` fork gets its own.
 - A bounded queue: past ``POSTREG_MAX_QUEUE`` a job is refused (the caller counts
   and logs it; the database store leaves it to the poller).
-- Fair: one FIFO per hook, taken in turn; while other hooks' jobs wait, one
-  hook holds at most all workers but one (:class:`FairQueue`).
+- Fair: one FIFO per hook, taken in turn; once the pool has seen more than
+  one hook, no hook holds the last worker (:class:`FairQueue`).
 - A scheduler thread runs due retries and is the watchdog: an attempt past its
   timeout is reported failed, its thread is written off (threads cannot be
   killed) and a fresh worker takes its place, so a hanging hook never starves
@@ -375,7 +375,8 @@ class ThreadBackend:
             attempt = self.dispatcher.call(prepared)
             with self._cond:
                 self._running.pop(token, None)
-                self._job_over(delivery)
+                if not running.abandoned:  # else the watchdog ended its count
+                    self._job_over(delivery)
                 if running.abandoned:  # the watchdog already reported it
                     self._stuck -= 1
                     if self._workers >= self.max_workers:
@@ -430,6 +431,8 @@ class ThreadBackend:
                     if not running.abandoned and running.deadline <= now:
                         running.abandoned = True
                         expired.append(running)
+                        # Its thread is replaced: its hook's share is free.
+                        self._job_over(running.delivery)
                 for _ in expired:
                     self._stuck += 1
                     self._workers -= 1  # its thread is hung: no longer a worker
