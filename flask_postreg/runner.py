@@ -33,8 +33,8 @@ from .errors import HookTimeout
 from .errors import PostRegError
 from .events import Event
 from .events import sample_body
+from .scrub import hide_secrets
 from .scrub import scrub
-from .scrub import secret_forms
 
 if TYPE_CHECKING:
     from .state import _State
@@ -255,7 +255,7 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
         "duration": duration,
         "source": hook.source,
         "enabled": hook.enabled,
-        "logs": tuple(_hide(line, secrets) for line in capture.lines),
+        "logs": tuple(hide_secrets(line, secrets) for line in capture.lines),
     }
     if error is None:
         return RunResult(ok=True, **common)
@@ -267,14 +267,6 @@ def run_one(state: _State, hook: Hook, event: Event) -> RunResult:
         traceback=scrub(tb, secrets, limit=8000),
         **common,
     )
-
-
-def _hide(text: str, secrets: Iterable[str]) -> str:
-    """Known secret values out of a log line (the line is otherwise the hook's)."""
-    forms = {form for s in secrets if len(s) >= 4 for form in secret_forms(s)}
-    for secret in sorted(forms, key=len, reverse=True):
-        text = text.replace(secret, "[secret]")
-    return text
 
 
 def run_test(

@@ -35,15 +35,9 @@ _SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE
 def scrub(
     text: str, secrets: Iterable[str] = (), *, limit: int | None = MAX_MESSAGE
 ) -> str:
-    """Replace known secret values (as given, URL-encoded or JSON-escaped: an
-    HTTP library quotes the URL it failed on), tokens, webhook URLs and e-mail
-    addresses."""
-    for secret in sorted(
-        {form for s in secrets if s and len(s) >= 4 for form in secret_forms(s)},
-        key=len,
-        reverse=True,
-    ):
-        text = text.replace(secret, "[secret]")
+    """Replace known secret values (see :func:`hide_secrets`), tokens, webhook
+    URLs and e-mail addresses."""
+    text = hide_secrets(text, secrets)
     text = _TOKENS.sub("[secret]", text)
     text = _KEY_VALUES.sub(r"\1[secret]", text)
     text = _URL_SECRET.sub(r"\1[redacted-url]", text)
@@ -54,7 +48,16 @@ def scrub(
     return text
 
 
-def secret_forms(secret: str) -> set[str]:
+def hide_secrets(text: str, secrets: Iterable[str]) -> str:
+    """Replace known secret values (4 characters or more), as given, URL-encoded
+    or JSON-escaped: an HTTP library quotes the URL it failed on."""
+    forms = {form for s in secrets if len(s) >= 4 for form in _forms(s)}
+    for secret in sorted(forms, key=len, reverse=True):
+        text = text.replace(secret, "[secret]")
+    return text
+
+
+def _forms(secret: str) -> set[str]:
     """The ways a secret's text shows up in messages."""
     return {
         secret,
