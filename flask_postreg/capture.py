@@ -126,10 +126,14 @@ def _without_deleted(
     """``items`` without the deliveries of users whose delete was committed
     (SQLAlchemy reverts ``was_deleted`` when a SAVEPOINT around it rolls back),
     or whose row a DELETE statement removed (found by ``before_commit``)."""
-    captured: dict[Any, str] = session.info.get(_CAPTURED) or {}
-    gone = {event_id for key, event_id in captured.items() if key.was_deleted}
+    gone = _marked_deleted(session.info.get(_CAPTURED) or {})
     gone |= session.info.pop(_GONE, set())
     return [item for item in items if item[1].event.id not in gone]
+
+
+def _marked_deleted(captured: dict[Any, str]) -> set[str]:
+    """Event ids of captured users the session holds as deleted."""
+    return {event_id for key, event_id in captured.items() if key.was_deleted}
 
 
 def do_orm_execute(orm_execute_state: Any) -> None:
@@ -162,7 +166,7 @@ def before_commit(session: Session) -> None:
     if not captured or state is None:
         return
     try:
-        connection = session.connection(bind_arguments={"mapper": state.mapper})
+        connection = state.user_connection(session)
         with connection.begin_nested():
             gone = _rows_gone(connection, captured)
             if gone:
@@ -184,7 +188,7 @@ _ROWS_PER_CHECK = 500
 
 def _rows_gone(connection: Connection, captured: dict[Any, str]) -> set[str]:
     """Event ids of captured users whose row is no longer there."""
-    gone = {event_id for key, event_id in captured.items() if key.was_deleted}
+    gone = _marked_deleted(captured)
     by_mapper: dict[Any, dict[tuple[Any, ...], str]] = {}
     for key, event_id in captured.items():
         if event_id not in gone and key.identity is not None:

@@ -334,10 +334,14 @@ class _State:
             return marks
         return marks + self.deliveries(events, self._outbox_connection(session))
 
+    def user_connection(self, session: Session) -> sa.Connection:
+        """``session``'s connection for the user model (its transaction)."""
+        return session.connection(bind_arguments={"mapper": self.mapper})
+
     def _outbox_connection(self, session: Session) -> sa.Connection | None:
         """The flush's connection, when the database store has its tables there."""
         if isinstance(self.store, DatabaseStore):
-            connection = session.connection(bind_arguments={"mapper": self.mapper})
+            connection = self.user_connection(session)
             if self.store.tables_present(connection):
                 return connection
         return None
