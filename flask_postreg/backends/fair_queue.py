@@ -1,5 +1,5 @@
 """The pool's queue: one FIFO per hook, taken in turn, so that one hook's slow
-or hanging jobs cannot hold every worker while other hooks' jobs wait."""
+or hanging jobs cannot hold every worker when the pool serves other hooks."""
 
 from __future__ import annotations
 

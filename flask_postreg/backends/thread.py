@@ -310,7 +310,7 @@ class ThreadBackend:
 
     @property
     def _per_hook(self) -> int:
-        """Workers one hook may hold while other hooks' jobs wait: all but one."""
+        """Workers one hook may hold once the pool has seen others: all but one."""
         return max(self.max_workers - 1, 1)
 
     def _job_over(self, delivery: Delivery) -> None:
@@ -375,9 +375,9 @@ class ThreadBackend:
             attempt = self.dispatcher.call(prepared)
             with self._cond:
                 self._running.pop(token, None)
-                if not running.abandoned:  # else the watchdog ended its count
+                if not running.abandoned:
                     self._job_over(delivery)
-                if running.abandoned:  # the watchdog already reported it
+                else:  # the watchdog reported it and ended its count
                     self._stuck -= 1
                     if self._workers >= self.max_workers:
                         return  # a replacement took this thread's place
