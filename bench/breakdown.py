@@ -7,6 +7,12 @@ no-op hook, rounds interleaved, median of per-round ratios):
   run, so each registration writes its outbox rows and nothing runs in this
   process: the snapshot, the two INSERTs and the bigger commit, without the
   pool and the outcome writer.
+- *ideal write path*: the bare ORM loop plus the same event and delivery
+  rows, inserted on the driver's cursor in ``after_flush`` with no other Python
+  of ours (the payload a template, nothing run after the commit): what any
+  extension writing this outbox pays at least. ``1.25`` minus this ratio is
+  what the budget leaves for the snapshot, the payload's JSON, the hand-over,
+  the hook's run and the outcome.
 - *raw sqlite3 floor*: plain ``sqlite3`` (no SQLAlchemy, no Python of ours)
   committing the user row alone, then the user row plus the same event and
   delivery rows on a file with the same tables. The difference is what SQLite
@@ -25,11 +31,16 @@ import sqlite3
 import time
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
 from flask_postreg.events import Context
 from flask_postreg.events import Event
 from flask_postreg.events import User
 from flask_postreg.events import new_event_id
+from flask_postreg.store.tables import tables_for
 
+from .common import BenchApp
 from .common import Run
 from .common import close
 from .common import commit_loop
@@ -109,6 +120,44 @@ def _raw_loop(path: str, n: int, *, outbox: bool) -> float:
         conn.close()
 
 
+#: The stored payload of a bench user (the size ours has), by user id.
+PAYLOAD = (
+    '{"user":{"id":"%s","tenant":"bench","username":"user1","email":'
+    '"user1@example.com","emailVerified":false,"phoneNumber":null,'
+    '"phoneNumberVerified":false,"user_metadata":{"plan":"free"},"app_metadata":{}},'
+    '"context":{"requestLanguage":null,"connection":{"id":"con_users","name":'
+    '"Username-Password-Authentication","tenant":"bench"},"tenant":"bench",'
+    '"request":null}}'
+)
+
+
+def _ideal(bench: BenchApp) -> Any:
+    """An ``after_flush`` listener writing the outbox rows of ``bench``'s new
+    users on the flush's driver cursor, and nothing else (see the docstring).
+    The tables are created on ``bench``'s database first."""
+    tables_for(bench.db.metadata)
+    with bench.app.app_context():
+        bench.db.create_all()
+    model = bench.User
+
+    def after_flush(session: Session, flush_context: Any) -> None:
+        for obj in session.new:
+            if type(obj) is model:
+                cursor = session.connection().connection.cursor()
+                now, event_id = time.time(), new_event_id()
+                cursor.execute(
+                    EVENT_SQL, (event_id, str(obj.id), PAYLOAD % obj.id, now, None)
+                )
+                lease = now + 80.0
+                cursor.execute(
+                    DELIVERY_SQL,
+                    (event_id, "bench:noop", "running", 1, 1, lease, lease, now, now),
+                )
+                cursor.close()
+
+    return after_flush
+
+
 def run(run: Run) -> None:
     settings, report = run.settings, run.report
     n = settings.pick(2000, 300)
@@ -124,6 +173,9 @@ def run(run: Run) -> None:
         close(baseline)
         report.line(f"database store: not available in this build ({why})")
         return
+    ideal = make_app(settings, "breakdown-ideal")
+    ideal_listener = _ideal(ideal)
+    sa.event.listen(Session, "after_flush", ideal_listener)
     raw_user = make_app(settings, "breakdown-raw-user")
     raw_outbox, _ = database_store_app(settings, "breakdown-raw-outbox")
     assert raw_outbox is not None
@@ -146,6 +198,7 @@ def run(run: Run) -> None:
     try:
         commit_loop(baseline, 50)
         commit_loop(written, 50)
+        commit_loop(ideal, 50)
         _raw_loop(raw_user.path, 50, outbox=False)
         _raw_loop(raw_outbox.path, 50, outbox=True)
         commit_loop(wal_baseline, 50)
@@ -154,6 +207,7 @@ def run(run: Run) -> None:
             {
                 "baseline": lambda: commit_loop(baseline, n),
                 "written": lambda: commit_loop(written, n),
+                "ideal": lambda: commit_loop(ideal, n),
                 "raw user": lambda: _raw_loop(raw_user.path, n, outbox=False),
                 "raw outbox": lambda: _raw_loop(raw_outbox.path, n, outbox=True),
                 "wal baseline": lambda: commit_loop(wal_baseline, n),
@@ -162,7 +216,16 @@ def run(run: Run) -> None:
             rounds,
         )
     finally:
-        for bench in (baseline, written, raw_user, raw_outbox, wal_baseline, wal):
+        sa.event.remove(Session, "after_flush", ideal_listener)
+        for bench in (
+            baseline,
+            written,
+            ideal,
+            raw_user,
+            raw_outbox,
+            wal_baseline,
+            wal,
+        ):
             close(bench)
     base = results["baseline"]
     write_only = paired_ratios(results["written"], base)
@@ -172,6 +235,17 @@ def run(run: Run) -> None:
         "breakdown",
         None,
         f"{n} commits x {rounds} rounds, spread {spread(write_only)}",
+    )
+    floor = median(paired_ratios(results["ideal"], base))
+    ideal_spread = spread(paired_ratios(results["ideal"], base))
+    report.figure(
+        "ideal write path: the ORM loop plus the outbox rows on the driver's"
+        " cursor, nothing else",
+        ratio_text(floor),
+        "breakdown",
+        None,
+        f"leaves {max(1.25 - floor, 0):.2f}x of the 1.25x budget for all the rest,"
+        f" spread {ideal_spread}",
     )
     added = [
         (outbox - user) / orm

@@ -28,6 +28,8 @@ FIGURES = [
 
 DATABASE_BREAKDOWN = [
     "database store, write path only (nothing run in this process): ",
+    "ideal write path: the ORM loop plus the outbox rows on the driver's cursor,"
+    " nothing else: ",
     "raw sqlite3 floor: the same outbox rows, as a share of the ORM commit: ",
     "database store on WAL-mode files (journal_mode=WAL), commit loop only: ",
 ]
