@@ -32,6 +32,7 @@ from .events import Context
 from .events import Event
 from .events import User
 from .scrub import scrub
+from .scrub import storable
 from .signals import hook_failed
 from .signals import hook_succeeded
 from .snapshot import with_run_facts
@@ -370,7 +371,7 @@ class Dispatcher:
                 status=DEAD if final else PENDING,
                 duration=duration,
                 finished_at=now,
-                error_class=type(error).__name__,
+                error_class=storable(type(error).__name__),
                 error=message,
                 retry_in=retry_in,
                 row_id=delivery.row_id,

@@ -37,7 +37,7 @@ def scrub(
 ) -> str:
     """Replace known secret values (see :func:`hide_secrets`), tokens, webhook
     URLs and e-mail addresses."""
-    text = hide_secrets(text, secrets)
+    text = storable(hide_secrets(text, secrets))
     text = _TOKENS.sub("[secret]", text)
     text = _KEY_VALUES.sub(r"\1[secret]", text)
     text = _URL_SECRET.sub(r"\1[redacted-url]", text)
@@ -45,6 +45,19 @@ def scrub(
     text = _EMAIL.sub("[email]", text)
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
+    return text
+
+
+def storable(text: str) -> str:
+    """``text`` as any database's text column takes it: NUL (a binary response
+    body quoted in an error; PostgreSQL refuses it) and lone surrogates (an
+    undecodable file name; no UTF-8 encoder takes them) are written escaped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 

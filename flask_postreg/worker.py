@@ -19,7 +19,6 @@ from typing import Any
 from .backends import create as create_backend
 from .config import ConfigError
 from .config import register
-from .dispatch import Delivery
 from .errors import PostRegError
 from .store.database import DatabaseStore
 
@@ -72,7 +71,7 @@ def run(
             "POSTREG_ENABLED is False for this app: it runs no hooks, so a worker"
             " has nothing to do. Set it to True where deliveries should run."
         )
-    store = require_database(state)
+    require_database(state)
     stop = stop or threading.Event()
     previous: dict[int, Any] = {}
 
@@ -102,11 +101,9 @@ def run(
         echo(
             f"postreg worker: stopping (up to {shutdown_timeout:g}s for running hooks)"
         )
+        # Past the timeout the pool hands what it did not finish back, pending.
         finished = state.backend.shutdown(shutdown_timeout)
-        released = 0
-        if not finished:
-            unfinished: list[Delivery] = getattr(state.backend, "withdraw", list)()
-            released = store.hand_back(unfinished)
+        released = 0 if finished else getattr(state.backend, "handed_back", 0)
         echo(
             f"postreg worker: stopped; {released} unfinished delivery(ies) left pending"
         )

@@ -89,6 +89,51 @@ def test_stale_worker_cannot_overwrite_a_newer_outcome(make_app):
 
 
 @both
+def test_an_error_text_no_database_column_takes_is_stored_escaped(make_app):
+    """A binary response body (NUL: PostgreSQL refuses it) or an undecodable
+    file name (a lone surrogate: no UTF-8 encoder takes it) in an error: the
+    outcome is stored, escaped, and so are the others written in its batch."""
+    app, state, _, written = written_deliveries(make_app, 3, max_attempts=1)
+    ok, also_ok, failed = written
+    state.dispatcher.finish(ok, None, 0.1)
+    state.dispatcher.finish(also_ok, None, 0.1)
+    bad = "webhook answered 500: PK\x03\x04\x00\x00 in /srv/f\udc80.bin"
+    state.dispatcher.finish(failed, RuntimeError(bad), 0.1)
+    rows = {d.id: d for d in deliveries(app)}
+    assert [rows[d.row_id].status for d in written] == ["succeeded"] * 2 + ["dead"]
+    error = rows[failed.row_id].error
+    assert "PK\x03\x04\\x00\\x00 in /srv/f\\udc80.bin" in error
+    assert rows[failed.row_id].error_class == "RuntimeError"
+
+
+def test_a_row_the_database_refuses_leaves_its_batch_written(make_app, caplog):
+    """Outcomes finishing together share a transaction: when the database
+    refuses one row (here a trigger), the others are written one by one, and
+    the refused one is left to its lease, named in the ERROR."""
+    app, postreg = make_app()
+    postreg.hook(lambda user, context: None, name="kept")
+    postreg.hook(lambda user, context: None, name="refused")
+    state = app.extensions["postreg"]
+    s = state.store
+    with s.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON postreg_deliveries"
+            " WHEN NEW.hook = 'refused' BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+        written = s.write(conn, [make_event(i) for i in range(2)], state.hooks())
+    assert len(written) == 4
+    with caplog.at_level(logging.ERROR, logger="flask_postreg"):
+        for delivery in written:
+            state.dispatcher.finish(delivery, None, 0.1)
+        s.flush()
+    rows = {d.id: d for d in deliveries(app)}
+    statuses = sorted((d.hook.name, rows[d.row_id].status) for d in written)
+    assert statuses == [("kept", "succeeded")] * 2 + [("refused", "running")] * 2
+    (message,) = [r.getMessage() for r in caplog.records if "outcome" in r.message]
+    assert "could not record 2 outcome(s)" in message and "hooks: refused" in message
+
+
+@both
 def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
     """A claimed delivery that waited in the queue until its lease could end
     mid-attempt is skipped (another process may claim it, never run it alongside)
@@ -401,6 +446,49 @@ def test_a_stopping_worker_starts_nothing_it_handed_back(make_app):
     assert (
         sorted((d.status, d.attempts) for d in deliveries(app)) == [("pending", 0)] * 3
     )
+
+
+@both
+def test_a_web_process_out_of_drain_time_hands_back_what_it_did_not_finish(
+    make_app, caplog
+):
+    """A web process (hooks run in it) stopping with deliveries queued behind a
+    hook that outlasts the drain (``shutdown``, as at interpreter exit): they go
+    back pending, due now and no attempt charged, not left running until
+    their leases end with an attempt spent that never ran."""
+    app, postreg = make_app(POSTREG_MAX_WORKERS=1, POSTREG_MAX_ATTEMPTS=2)
+    started, gate = threading.Event(), threading.Event()
+    calls = []
+
+    def gated(user, context):
+        calls.append(user.email)
+        started.set()
+        gate.wait(30)
+
+    postreg.hook(gated, name="gated")
+    for i in range(3):
+        register(app, f"u{i}@example.com")
+    state = app.extensions["postreg"]
+    try:
+        assert started.wait(10)
+        with caplog.at_level(logging.WARNING, logger="flask_postreg"):
+            assert state.backend.shutdown(0.1) is False
+    finally:
+        gate.set()
+    assert state.backend.handed_back == 3
+    assert "3 left pending for the next process" in caplog.text
+    rows = deliveries(app)
+    assert (
+        sorted((d.status, d.attempts, d.locked_until) for d in rows)
+        == [("pending", 0, None)] * 3
+    )
+    assert all(d.next_attempt_at <= time.time() for d in rows)
+    # The cut-off attempt's late success does not overwrite the hand-back (its
+    # claim no longer holds): the next process runs it again, at attempt 1.
+    state.store.flush()
+    claimed = state.store.claim_due(state.hooks(), 10)
+    assert sorted(d.attempt for d in claimed) == [1, 1, 1]
+    assert len(calls) == 1
 
 
 @both

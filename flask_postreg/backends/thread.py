@@ -111,6 +111,8 @@ class ThreadBackend:
         self._poller: threading.Thread | None = None
         self.started_threads = 0
         self._threads: list[threading.Thread] = []
+        #: Deliveries the last shutdown that ran out of time left pending.
+        self.handed_back = 0
 
     # -- public ------------------------------------------------------------
 
@@ -235,12 +237,42 @@ class ThreadBackend:
             poller.join(max(timeout - (time.monotonic() - started), 0.1))
         self._flush_store()
         if not done:
+            unfinished = self.pending
+            self.handed_back = self._hand_back()
             logger.warning(
-                "flask-postreg shut down with %d deliveries unfinished after %.1fs",
-                self.pending,
+                "flask-postreg shut down with %d deliveries unfinished after %.1fs%s",
+                unfinished,
                 timeout,
+                f"; {self.handed_back} left pending for the next process"
+                if self.dispatcher.store.durable
+                else "",
             )
         return done
+
+    def _hand_back(self) -> int:
+        """After a drain that ran out of time, with the database store: the
+        deliveries still queued or running go back to pending, due now and
+        their attempt not counted (a queued one never ran; a running one is cut
+        off with the process), so the next process's poller runs them at once
+        instead of after their lease, and nothing is charged for the stop.
+        Returns how many rows changed."""
+        store = self.dispatcher.store
+        hand_back = getattr(store, "hand_back", None)
+        if not store.durable or hand_back is None:
+            return 0
+        unfinished = [d for d in self.withdraw() if d.row_id is not None]
+        # An attempt that ended since the drain gave up has its outcome batched:
+        # written first, it is not handed back (its claim no longer holds).
+        self._flush_store()
+        try:
+            return int(hand_back(unfinished))
+        except Exception:
+            logger.exception(
+                "flask-postreg could not hand back %d unfinished deliveries; their"
+                " leases will expire and the poller will run them again",
+                len(unfinished),
+            )
+            return 0
 
     # -- internals ---------------------------------------------------------
 

@@ -88,17 +88,36 @@ class OutcomeWriter:
                 batch = self._buffer
                 self._buffer = []
                 last = batch[-1][0]
-            try:
-                self._write([o for _, o in batch])
-            except Exception as exc:
-                logger.error(
-                    "flask-postreg could not record %d outcome(s) (%s); their leases"
-                    " will expire and the poller will run them again",
-                    len(batch),
-                    type(exc).__name__,
-                )
+            self._write_all([o for _, o in batch])
             with self._lock:
                 self._flushed = max(self._flushed, last)
+
+    def _write_all(self, outcomes: list[Outcome]) -> None:
+        """Write ``outcomes`` in one transaction; if it fails, each in its own,
+        so that a row the database refuses does not take the batch's other
+        outcomes (other hooks' among them) down with it."""
+        try:
+            self._write(outcomes)
+            return
+        except Exception as exc:
+            error = exc
+        lost = outcomes
+        if len(outcomes) > 1:
+            lost = []
+            for outcome in outcomes:
+                try:
+                    self._write([outcome])
+                except Exception as exc:
+                    error = exc
+                    lost.append(outcome)
+        if lost:
+            logger.error(
+                "flask-postreg could not record %d outcome(s) (%s, hooks: %s); their"
+                " leases will expire and the poller will run them again",
+                len(lost),
+                type(error).__name__,
+                ", ".join(sorted({o.hook for o in lost})),
+            )
 
     def _ensure_thread(self) -> None:
         """Start the batch writer in this process (lock held)."""
