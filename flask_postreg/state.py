@@ -352,12 +352,12 @@ class _State:
         """One delivery per event and enabled hook: written to the outbox on
         ``connection`` (in its transaction) when given, else kept in memory."""
         self.read_switches(connection)
+        hooks = self.hooks()
+        if not hooks:  # nothing to deliver: no row (it would hold personal data)
+            return []
         if connection is not None:
             assert isinstance(self.store, DatabaseStore)
-            return self.store.write(
-                connection, events, self.hooks(), leased=self.run_here
-            )
-        hooks = self.hooks()
+            return self.store.write(connection, events, hooks, leased=self.run_here)
         return [Delivery(event=e, hook=h) for e in events for h in hooks]
 
     # -- dispatch ----------------------------------------------------------

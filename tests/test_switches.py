@@ -53,6 +53,27 @@ def test_a_web_process_without_a_poller_applies_the_switches(make_app):
 
 
 @both
+def test_no_enabled_hook_writes_no_outbox_row(make_app):
+    """Every hook disabled: a registration writes nothing to the outbox (an
+    event row would only keep personal data), so a user added and deleted
+    before the commit leaves nothing either."""
+    app, postreg = make_app()
+    postreg.hook(lambda u, c: None, name="crm")
+    store = app.extensions["postreg"].store
+    store.set_enabled("crm", False)  # `flask postreg disable crm`
+    register(app, "ann@example.com")
+    with app.app_context():
+        gone = Account(email="gone@example.com")
+        db.session.add(gone)
+        db.session.flush()
+        db.session.delete(gone)
+        db.session.commit()
+    assert postreg.join(10)
+    assert sorted(accounts(app)) == ["ann@example.com"]
+    assert events(app) == [] and deliveries(app) == []
+
+
+@both
 def test_the_first_registration_of_a_process_applies_the_switches(make_app):
     """A process whose poller has not polled yet (its pool starts with the first
     registration) still honours a hook disabled before it started."""
