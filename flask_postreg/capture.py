@@ -34,6 +34,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
 
+from .store.statements import QUIET_ERROR_LISTENERS
+
 if TYPE_CHECKING:
     from .dispatch import Delivery
     from .state import _State
@@ -295,6 +297,9 @@ def _defer(connection: Connection, items: list[tuple[_State, Delivery]]) -> None
         for name, fn in _OUTER_LISTENERS:
             if not event.contains(connection, name, fn):
                 event.listen(connection, name, fn)
+        engine = connection.engine
+        if not event.contains(engine, "handle_error", _outer_commit_failed):
+            event.listen(engine, "handle_error", _outer_commit_failed)
     outer.seq += 1
     outer.items.extend((outer.seq, item) for item in items)
 
@@ -337,8 +342,33 @@ def _hand_over_kept(info: dict[Any, Any], key: str) -> None:
             )
 
 
+def _outer_commit_failed(context: sa.engine.ExceptionContext) -> None:
+    """The COMMIT after a ``commit`` event failed (a deferred constraint, a
+    serialization failure, a lost connection): nothing it held was committed,
+    so its registrations run no hooks. (A failed statement has a ``statement``;
+    a failed COMMIT has none.)"""
+    connection = context.connection
+    if connection is None or context.statement is not None:
+        return
+    try:
+        items = connection.info.pop(_COMMITTING, None)
+    except Exception:  # the connection is gone: nothing of it can be handed over
+        return
+    if items:
+        logger.warning(
+            "flask-postreg: the COMMIT of a transaction a session joined failed"
+            " (%s); its %d registration(s) run no hooks",
+            type(context.original_exception).__name__,
+            len(items),
+        )
+
+
+QUIET_ERROR_LISTENERS.add(_outer_commit_failed)
+
+
 def _outer_rollback(connection: Connection) -> None:
     connection.info.pop(_OUTER, None)
+    connection.info.pop(_COMMITTING, None)  # a COMMIT that failed, rolled back
 
 
 def _outer_savepoint(connection: Connection, name: str | None) -> None:

@@ -422,6 +422,63 @@ def test_hooks_of_an_outer_transaction_run_after_its_commit(make_app, after):
     assert [(o.status, o.attempts) for o in outcomes] == [("succeeded", 1)]
 
 
+@pytest.mark.parametrize("after", ["close", "begin"])
+def test_an_outer_transaction_whose_commit_fails_runs_no_hooks(
+    app, postreg, recorder, db_url, after, caplog
+):
+    """The COMMIT itself fails (a constraint deferred to it; likewise a
+    serialization failure or a lost connection) after SQLAlchemy's ``commit``
+    event: nothing was committed, so no hook runs, whatever the connection
+    does next."""
+    from sqlalchemy.orm import Session
+
+    with app.app_context():
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TABLE guard (ref INTEGER REFERENCES accounts (id)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+        try:
+            with db.engine.connect() as conn:
+                if db_url.startswith("sqlite"):  # off by default; set outside BEGIN
+                    conn.exec_driver_sql("PRAGMA foreign_keys = ON")
+                    conn.commit()
+                trans = conn.begin()
+                session = Session(bind=conn)
+                session.add(Account(email="joined@example.com"))
+                session.commit()
+                session.close()
+                conn.exec_driver_sql("INSERT INTO guard VALUES (999999)")  # no id
+                with (
+                    caplog.at_level(logging.WARNING, logger="flask_postreg"),
+                    pytest.raises(IntegrityError),
+                ):
+                    trans.commit()
+                if after == "begin":
+                    trans.rollback()
+                    conn.begin()  # an app's next transaction on this connection
+            # pysqlite keeps SQLite's transaction open after a failed COMMIT, even
+            # in the pool: closing the connection ends it.
+            db.engine.dispose()
+            committed = db.session.scalars(sa.select(Account.email)).all()
+            db.session.remove()
+        finally:
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql("DROP TABLE guard")
+    assert postreg.join(10)
+    assert committed == []
+    assert recorder.emails == []
+    assert_rows_match_committed(app, [])
+    assert "its 1 registration(s) run no hooks" in caplog.text
+    # The listener that saw it ignores statement errors: the outbox INSERTs
+    # of this engine's registrations keep the driver's path.
+    from flask_postreg.store.statements import watched
+
+    with app.app_context(), db.engine.connect() as conn:
+        assert db.engine.dialect.dispatch.handle_error
+        assert not watched(conn)
+
+
 @pytest.mark.parametrize("outer", ["commit", "rollback"])
 def test_session_with_the_model_bound_to_an_outer_transaction_waits_for_it(
     app, postreg, recorder, outer

@@ -20,11 +20,16 @@ import sqlalchemy as sa
 Statement = sa.Insert | sa.Update
 
 
+#: ``handle_error`` listeners of this package that ignore statement errors (the
+#: driver path may skip them).
+QUIET_ERROR_LISTENERS: set[Callable[..., Any]] = set()
+
+
 def watched(connection: sa.Connection) -> bool:
     """Does anything observe or rewrite this connection's statements or errors?
 
     Execute and cursor listeners (Flask-SQLAlchemy's query recording, tracing
-    libraries), ``handle_error`` listeners, SQL logging, a
+    libraries), ``handle_error`` listeners (but ours), SQL logging, a
     ``schema_translate_map``.
     """
     dispatch = connection.dispatch
@@ -33,10 +38,15 @@ def watched(connection: sa.Connection) -> bool:
         or dispatch.after_execute
         or dispatch.before_cursor_execute
         or dispatch.after_cursor_execute
-        or connection.dialect.dispatch.handle_error
+        or _handles_errors(connection)
         or connection.engine.logger.isEnabledFor(logging.INFO)
         or connection.get_execution_options().get("schema_translate_map")
     )
+
+
+def _handles_errors(connection: sa.Connection) -> bool:
+    listeners = connection.dialect.dispatch.handle_error
+    return bool(listeners) and any(fn not in QUIET_ERROR_LISTENERS for fn in listeners)
 
 
 class StatementCache:
