@@ -20,6 +20,7 @@ by ``current_app``: an app without the extension never fires.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ from .handover import outer_transaction
 
 if TYPE_CHECKING:
     from .dispatch import Delivery
+    from .events import Event
     from .state import _State
 
 logger = logging.getLogger("flask_postreg")
@@ -55,6 +57,9 @@ _DELETES = "flask_postreg.deletes"
 _BULK_DELETE = "flask_postreg.bulk_delete"
 #: Event ids of captured users a DELETE statement removed (found at the commit).
 _GONE = "flask_postreg.gone"
+#: SessionTransaction -> {event id: Event}: captured users a later flush of that
+#: transaction updated, snapshot again (:func:`_revise`).
+_REVISED = "flask_postreg.revised"
 _install_lock = threading.Lock()
 
 Pending = dict[SessionTransaction, list[tuple["_State", "Delivery"]]]
@@ -79,8 +84,10 @@ def after_flush(session: Session, flush_context: Any) -> None:
     # Only rows this flush wrote (flush(objects=[...]) leaves others pending).
     flushed = getattr(flush_context, "states", None)
     captured: dict[Any, str] | None = session.info.get(_CAPTURED)
-    if captured and session.deleted:
-        _forget_deleted(state, session, flushed, captured)
+    if captured:
+        if session.deleted:
+            _forget_deleted(state, session, flushed, captured)
+        _revise(state, session, flushed, captured)
     new = [
         obj
         for obj in session.new
@@ -98,6 +105,82 @@ def after_flush(session: Session, flush_context: Any) -> None:
     pending: Pending = session.info.setdefault(_PENDING, {})
     pending.setdefault(transaction, []).extend((state, d) for d in deliveries)
     session.info.setdefault(_CAPTURED, {}).update(events)
+
+
+def _revise(
+    state: _State, session: Session, flushed: Any, captured: dict[Any, str]
+) -> None:
+    """Users captured by an earlier flush of this transaction and updated by this
+    one (``flush()`` for the id, then ``user.username = f"user{user.id}"``): the
+    hooks get what is committed, so they are snapshot again, same event id and
+    context. Kept per transaction as the deliveries are (a SAVEPOINT rolled back
+    takes its revisions along); the event rows are updated in the transaction.
+    """
+    keys = flushed if flushed is not None else map(instance_state, session.dirty)
+    updated = [
+        key
+        for key in keys
+        if key in captured
+        and (obj := key.obj()) is not None
+        and obj not in session.deleted
+        and obj not in session.new
+    ]
+    if not updated:
+        return
+    revised: dict[SessionTransaction, dict[str, Event]] = session.info.setdefault(
+        _REVISED, {}
+    )
+    latest = _events(session)
+    for level in revised.values():
+        latest.update(level)
+    changed = []
+    for key in updated:
+        event = latest.get(captured[key])
+        if event is None:  # nothing to deliver for it
+            continue
+        try:
+            user = state.snapshot_user(key.obj())
+        except Exception:
+            logger.exception(
+                "flask-postreg could not snapshot an updated %s again; its hooks"
+                " get it as first flushed",
+                key.class_.__name__,
+            )
+            continue
+        if user != event.user:
+            changed.append(dataclasses.replace(event, user=user))
+    if not changed:
+        return
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:  # pragma: no cover - a flush always has one
+        return
+    state.revise(changed, session)
+    revised.setdefault(transaction, {}).update((e.id, e) for e in changed)
+
+
+def _events(session: Session) -> dict[str, Event]:
+    """The events of the deliveries pending in the session, by id."""
+    pending: Pending = session.info.get(_PENDING) or {}
+    return {d.event.id: d.event for group in pending.values() for _, d in group}
+
+
+def _with_revisions(
+    session: Session, items: list[tuple[_State, Delivery]]
+) -> list[tuple[_State, Delivery]]:
+    """``items`` with the last snapshot of each user a flush updated (the root
+    commits: every revision still kept is the root's or a released SAVEPOINT's)."""
+    revised = session.info.pop(_REVISED, None)
+    if not revised:
+        return items
+    last: dict[str, Event] = {}
+    for level in revised.values():
+        last.update(level)
+    return [
+        (state, dataclasses.replace(d, event=last[d.event.id]))
+        if d.event.id in last
+        else (state, d)
+        for state, d in items
+    ]
 
 
 def _forget_deleted(
@@ -220,9 +303,14 @@ def after_commit(session: Session) -> None:
             moved = pending.pop(nested, None)
             if moved and nested.parent is not None:
                 pending.setdefault(nested.parent, []).extend(moved)
+            revised = session.info.get(_REVISED) or {}
+            later = revised.pop(nested, None)
+            if later and nested.parent is not None:
+                revised.setdefault(nested.parent, {}).update(later)
             return
         session.info.pop(_PENDING, None)
         items = [item for group in pending.values() for item in group]
+        items = _with_revisions(session, items)
         if session.info.pop(_DELETES, False):
             items = _without_deleted(session, items)
         session.info.pop(_CAPTURED, None)
@@ -242,9 +330,12 @@ def after_commit(session: Session) -> None:
 
 def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the root ended: its users are settled
-        for key in (_CAPTURED, _DELETES, _BULK_DELETE, _GONE):
+        for key in (_CAPTURED, _DELETES, _BULK_DELETE, _GONE, _REVISED):
             session.info.pop(key, None)
         hand_over_kept(session.info, _COMMITTED)
+    revised = session.info.get(_REVISED)
+    if revised:  # a SAVEPOINT rolled back (or moved to its parent already)
+        revised.pop(transaction, None)
     pending: Pending | None = session.info.get(_PENDING)
     if not pending:
         return

@@ -282,9 +282,11 @@ class _State:
 
     def snapshot(self, instance: Any) -> Event:
         """A frozen event for ``instance`` and the current request (no SQL)."""
-        return self.event_for(
-            build_user(self.field_map(type(instance)), instance, self.tenant)
-        )
+        return self.event_for(self.snapshot_user(instance))
+
+    def snapshot_user(self, instance: Any) -> User:
+        """``instance``'s allow-listed fields, frozen (no SQL)."""
+        return build_user(self.field_map(type(instance)), instance, self.tenant)
 
     def event_for(self, user: User) -> Event:
         """A new event for ``user``, with the current request's context."""
@@ -327,6 +329,15 @@ class _State:
         if connection is not None:
             assert isinstance(self.store, DatabaseStore)
             self.store.forget(connection, event_ids)
+
+    def revise(self, events: list[Event], session: Session) -> None:
+        """Events captured earlier in this transaction whose user a later flush
+        updated: in database mode their rows get the new payload (on the
+        flush's connection, in its transaction)."""
+        connection = self._outbox_connection(session)
+        if connection is not None:
+            assert isinstance(self.store, DatabaseStore)
+            self.store.revise(connection, events)
 
     def _deliveries_for(self, events: list[Event], session: Session) -> list[Delivery]:
         marks, run = recording.marks(self, events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -73,6 +74,77 @@ def test_failing_flush_of_two_objects(app, postreg, recorder):
             db.session.commit()
         db.session.rollback()
     assert registered(app, postreg, recorder) == ["taken@example.com"]
+
+
+def _payload_user(app):
+    """The user of the (only) outbox event's stored payload."""
+    (row,) = events(app)
+    return json.loads(row["payload"])["user"]
+
+
+def test_a_user_updated_after_its_first_flush_fires_as_committed(
+    app, postreg, recorder
+):
+    """``flush()`` for the id, then more fields set before the commit: the hook
+    (and the outbox payload a retry reads) get the committed row, with the
+    event id of the first capture."""
+    with app.app_context():
+        account = Account(email="ann@example.com")
+        db.session.add(account)
+        db.session.flush()
+        account.username = f"user{account.id}"
+        account.email_verified = True
+        db.session.flush()
+        account.email = "ann@example.org"  # and once more, flushed by the commit
+        db.session.commit()
+        username = account.username
+    assert registered(app, postreg, recorder) == ["ann@example.org"]
+    (user, context), *_ = recorder.calls
+    assert (user.username, user.email_verified) == (username, True)
+    stored = _payload_user(app)
+    assert (stored["username"], stored["email"]) == (username, "ann@example.org")
+    assert [e["id"] for e in events(app)] == [context.event_id]
+
+
+def test_a_user_updated_after_its_first_flush_fires_as_committed_in_memory(
+    make_app,
+):
+    app, postreg = make_app(POSTREG_STORE="memory")
+    seen = []
+    postreg.hook(lambda user, context: seen.append(user.username), name="seen")
+    with app.app_context():
+        account = Account(email="ann@example.com")
+        db.session.add(account)
+        db.session.flush()
+        account.username = f"user{account.id}"
+        db.session.commit()
+        username = account.username
+    assert postreg.join(10)
+    assert seen == [username]
+
+
+@pytest.mark.savepoints
+@pytest.mark.parametrize("savepoint", ["rolled back", "released"])
+def test_an_update_in_a_savepoint_counts_only_if_the_savepoint_does(
+    app, postreg, recorder, savepoint
+):
+    with app.app_context():
+        account = Account(email="ann@example.com", username="ann")
+        db.session.add(account)
+        db.session.flush()
+        nested = db.session.begin_nested()
+        account.username = "changed"
+        db.session.flush()
+        if savepoint == "released":
+            nested.commit()
+        else:
+            nested.rollback()
+        db.session.commit()
+        committed = db.session.scalar(sa.select(Account.username))
+    assert committed == ("changed" if savepoint == "released" else "ann")
+    assert registered(app, postreg, recorder) == ["ann@example.com"]
+    assert recorder.calls[0][0].username == committed
+    assert _payload_user(app)["username"] == committed
 
 
 @pytest.mark.savepoints

@@ -232,6 +232,24 @@ class DatabaseStore(Store):
         self._insert(connection, self.t.deliveries, delivery_rows)
         return deliveries
 
+    def revise(self, connection: sa.Connection, events: Sequence[Event]) -> None:
+        """Write the new payload of events written earlier in ``connection``'s
+        transaction whose user was updated before the commit."""
+        e = self.t.events
+        connection.execute(
+            sa.update(e)
+            .where(e.c.id == sa.bindparam("b_id"))
+            .values(payload=sa.bindparam("b_payload"), user_id=sa.bindparam("b_user")),
+            [
+                {
+                    "b_id": event.id,
+                    "b_payload": event.stored_json(),
+                    "b_user": stored_user_id(event.user.id),
+                }
+                for event in events
+            ],
+        )
+
     def forget(self, connection: sa.Connection, event_ids: Iterable[str]) -> None:
         """Delete the outbox rows of events written earlier in ``connection``'s
         transaction whose user was deleted before the commit."""
