@@ -404,16 +404,11 @@ def test_a_delivery_whose_event_cannot_be_read_ends_dead(make_app, caplog):
     assert row(app, written.row_id).status == "dead"
 
 
-@both
-def test_a_stopping_worker_starts_nothing_it_handed_back(make_app):
-    """A worker whose running hook outlasts the shutdown timeout hands back
-    everything unfinished; the queued deliveries leave its queue, so they do
-    not start here after another worker may have claimed them."""
-    from flask_postreg import worker
-
-    app, postreg = make_app(
-        POSTREG_RUN_IN_WEB=False, POSTREG_MAX_WORKERS=1, POSTREG_POLL_INTERVAL=0.05
-    )
+def three_behind_a_gate(make_app, **config):
+    """An app (``config``) whose hook ``gated`` blocks until ``gate`` is set, and
+    three registrations: the first runs (``started`` is set), the rest wait.
+    ``(app, started, gate, calls)``; ``calls`` are the e-mails it was run for."""
+    app, postreg = make_app(**config)
     started, gate = threading.Event(), threading.Event()
     calls = []
 
@@ -425,6 +420,22 @@ def test_a_stopping_worker_starts_nothing_it_handed_back(make_app):
     postreg.hook(gated, name="gated")
     for i in range(3):
         register(app, f"u{i}@example.com")
+    return app, started, gate, calls
+
+
+@both
+def test_a_stopping_worker_starts_nothing_it_handed_back(make_app):
+    """A worker whose running hook outlasts the shutdown timeout hands back
+    everything unfinished; the queued deliveries leave its queue, so they do
+    not start here after another worker may have claimed them."""
+    from flask_postreg import worker
+
+    app, started, gate, calls = three_behind_a_gate(
+        make_app,
+        POSTREG_RUN_IN_WEB=False,
+        POSTREG_MAX_WORKERS=1,
+        POSTREG_POLL_INTERVAL=0.05,
+    )
     state = app.extensions["postreg"]
     stop = threading.Event()
     released = []
@@ -456,18 +467,9 @@ def test_a_web_process_out_of_drain_time_hands_back_what_it_did_not_finish(
     hook that outlasts the drain (``shutdown``, as at interpreter exit): they go
     back pending, due now and no attempt charged, not left running until
     their leases end with an attempt spent that never ran."""
-    app, postreg = make_app(POSTREG_MAX_WORKERS=1, POSTREG_MAX_ATTEMPTS=2)
-    started, gate = threading.Event(), threading.Event()
-    calls = []
-
-    def gated(user, context):
-        calls.append(user.email)
-        started.set()
-        gate.wait(30)
-
-    postreg.hook(gated, name="gated")
-    for i in range(3):
-        register(app, f"u{i}@example.com")
+    app, started, gate, calls = three_behind_a_gate(
+        make_app, POSTREG_MAX_WORKERS=1, POSTREG_MAX_ATTEMPTS=2
+    )
     state = app.extensions["postreg"]
     try:
         assert started.wait(10)
