@@ -42,6 +42,7 @@ from .handover import outer_transaction
 if TYPE_CHECKING:
     from .dispatch import Delivery
     from .events import Event
+    from .events import User
     from .state import _State
 
 logger = logging.getLogger("flask_postreg")
@@ -139,7 +140,7 @@ def _revise(
         if event is None:  # nothing to deliver for it
             continue
         try:
-            user = state.snapshot_user(key.obj())
+            user = _resnapshot(state, key, event.user)
         except Exception:
             logger.exception(
                 "flask-postreg could not snapshot an updated %s again; its hooks"
@@ -156,6 +157,22 @@ def _revise(
         return
     state.revise(changed, session)
     revised.setdefault(transaction, {}).update((e.id, e) for e in changed)
+
+
+def _resnapshot(state: _State, key: Any, before: User) -> User:
+    """``key``'s user again; a field whose attribute is not loaded now (expired:
+    set to a SQL expression, ``session.expire()``, a server-side ``onupdate``)
+    keeps its value from ``before`` (a snapshot never loads with SQL)."""
+    user = state.snapshot_user(key.obj())
+    unloaded = key.unloaded
+    if unloaded:
+        columns = state.field_map(key.class_).columns
+        kept = {
+            f: getattr(before, f) for f, name in columns.items() if name in unloaded
+        }
+        if kept:
+            user = dataclasses.replace(user, **kept)
+    return user
 
 
 def _events(session: Session) -> dict[str, Event]:

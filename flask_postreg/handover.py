@@ -142,6 +142,10 @@ def _outer_commit_failed(context: sa.engine.ExceptionContext) -> None:
     if connection is None or context.statement is not None:
         return
     try:
+        # Other calls fail with no statement too (a check of the isolation
+        # level, say); a failing COMMIT is the only one still in its transaction.
+        if not connection.in_transaction():
+            return
         items = connection.info.pop(_COMMITTING, None)
     except Exception:  # the connection is gone: nothing of it can be handed over
         return
@@ -158,8 +162,12 @@ QUIET_ERROR_LISTENERS.add(_outer_commit_failed)
 
 
 def _outer_rollback(connection: Connection) -> None:
-    connection.info.pop(_OUTER, None)
-    connection.info.pop(_COMMITTING, None)  # a COMMIT that failed, rolled back
+    try:
+        info = connection.info
+    except Exception:  # invalidated: reconnecting clears its info anyway
+        return
+    info.pop(_OUTER, None)
+    info.pop(_COMMITTING, None)  # a COMMIT that failed, rolled back
 
 
 def _outer_savepoint(connection: Connection, name: str | None) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from .backends import create as create_backend
+from .backends.thread import ThreadBackend
 from .config import ConfigError
 from .config import register
 from .errors import PostRegError
@@ -102,8 +103,13 @@ def run(
             f"postreg worker: stopping (up to {shutdown_timeout:g}s for running hooks)"
         )
         # Past the timeout the pool hands what it did not finish back, pending.
-        finished = state.backend.shutdown(shutdown_timeout)
-        released = 0 if finished else getattr(state.backend, "handed_back", 0)
+        backend = state.backend
+        if isinstance(backend, ThreadBackend):
+            finished = backend.shutdown(shutdown_timeout, exiting=True)
+            released = 0 if finished else backend.handed_back
+        else:
+            backend.shutdown(shutdown_timeout)
+            released = 0
         echo(
             f"postreg worker: stopped; {released} unfinished delivery(ies) left pending"
         )

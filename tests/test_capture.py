@@ -106,6 +106,25 @@ def test_a_user_updated_after_its_first_flush_fires_as_committed(
     assert [e["id"] for e in events(app)] == [context.event_id]
 
 
+def test_a_field_a_later_flush_leaves_unloaded_keeps_its_first_value(
+    app, postreg, recorder
+):
+    """A field set to a SQL expression (or expired) is not loaded after the
+    flush, and a snapshot never loads with SQL: it keeps what the first flush
+    saw rather than going empty; the other fields are revised."""
+    with app.app_context():
+        account = Account(email="ann@example.com", username="ann")
+        db.session.add(account)
+        db.session.flush()
+        account.email = sa.func.lower("ANN@EXAMPLE.ORG")
+        account.username = "ann2"
+        db.session.commit()
+    assert postreg.join(10)
+    (user, _), *_ = recorder.calls
+    assert (user.username, user.email) == ("ann2", "ann@example.com")
+    assert _payload_user(app)["email"] == "ann@example.com"
+
+
 def test_a_user_updated_after_its_first_flush_fires_as_committed_in_memory(
     make_app,
 ):
@@ -549,6 +568,24 @@ def test_an_outer_transaction_whose_commit_fails_runs_no_hooks(
     with app.app_context(), db.engine.connect() as conn:
         assert db.engine.dialect.dispatch.handle_error
         assert not watched(conn)
+
+
+def test_an_outer_transaction_rolled_back_after_its_connection_is_lost(
+    app, postreg, recorder
+):
+    """The joined transaction's connection is lost (invalidated); the app rolls
+    back: that rollback must not fail on our listener, and nothing runs."""
+    from sqlalchemy.orm import Session
+
+    with app.app_context(), db.engine.connect() as conn:
+        trans = conn.begin()
+        session = Session(bind=conn)
+        session.add(Account(email="joined@example.com"))
+        session.commit()
+        session.close()
+        conn.invalidate()
+        trans.rollback()
+    assert registered(app, postreg, recorder) == []
 
 
 @pytest.mark.parametrize("outer", ["commit", "rollback"])

@@ -166,6 +166,37 @@ def test_crash_recovery_runs_every_committed_hook(make_app, db_url, tmp_path, ca
 
 
 @postgres_only
+def test_a_failure_after_an_outer_commit_does_not_drop_its_hooks(make_app, caplog):
+    """A joined session's outer transaction committed; then a call on the
+    connection fails before it begins again (here the server ended the session
+    under it): that is not the COMMIT failing, so the hooks still run."""
+    from sqlalchemy.orm import Session
+
+    app, postreg = make_app(POSTREG_STORE="memory")
+    seen = []
+    postreg.hook(lambda user, context: seen.append(user.email), name="seen")
+    with app.app_context():
+        engine = db.engine
+        conn = engine.connect()
+        trans = conn.begin()
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        session = Session(bind=conn)
+        session.add(Account(email="joined@example.com"))
+        session.commit()
+        session.close()
+        trans.commit()  # its registrations wait for the next begin or check-in
+        with engine.connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            other.commit()
+        with pytest.raises(sa.exc.DBAPIError):
+            conn.get_isolation_level()  # fails with no statement, no transaction
+        conn.close()
+    assert postreg.join(10)
+    assert seen == ["joined@example.com"]
+    assert "run no hooks" not in caplog.text
+
+
+@postgres_only
 @pytest.mark.slow
 def test_competing_workers_never_overlap_nor_lose(make_app, db_url, tmp_path, capsys):
     """4 processes drain 2,000 deliveries: no delivery runs twice at once, none lost."""

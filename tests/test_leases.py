@@ -133,6 +133,46 @@ def test_a_row_the_database_refuses_leaves_its_batch_written(make_app, caplog):
     assert "could not record 2 outcome(s)" in message and "hooks: refused" in message
 
 
+def test_a_batch_the_database_cannot_take_at_all_is_not_retried_row_by_row(
+    make_app, caplog
+):
+    """A locked (or unreachable) database refuses every row alike: writing them
+    one by one would wait out the lock once per outcome, holding up join(),
+    claims and shutdown. One attempt, then the leases do their work."""
+    import sqlite3
+
+    app, postreg = make_app(
+        SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"timeout": 0.05}}
+    )
+    postreg.hook(lambda user, context: None, name="h")
+    state = app.extensions["postreg"]
+    s = state.store
+    with s.engine.begin() as conn:
+        written = s.write(conn, [make_event(i) for i in range(5)], state.hooks())
+    updates = []
+
+    @sa.event.listens_for(s.engine, "before_cursor_execute")
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE postreg_deliveries"):
+            updates.append(executemany)
+
+    lock = sqlite3.connect(s.engine.url.database, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with caplog.at_level(logging.ERROR, logger="flask_postreg"):
+            for delivery in written:
+                state.dispatcher.finish(delivery, None, 0.1)
+            s.flush()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    # One attempt per batch (usually one batch of 5); row by row would have
+    # added one attempt per outcome after each failed batch.
+    assert 1 <= len(updates) <= len(written)
+    assert "could not record 5 outcome(s) (OperationalError" in caplog.text
+    assert {d.status for d in deliveries(app)} == {"running"}  # left to leases
+
+
 @both
 def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
     """A claimed delivery that waited in the queue until its lease could end
@@ -460,13 +500,16 @@ def test_a_stopping_worker_starts_nothing_it_handed_back(make_app):
 
 
 @both
+@pytest.mark.parametrize("exiting", [True, False], ids=["at exit", "going on"])
 def test_a_web_process_out_of_drain_time_hands_back_what_it_did_not_finish(
-    make_app, caplog
+    make_app, caplog, exiting
 ):
     """A web process (hooks run in it) stopping with deliveries queued behind a
-    hook that outlasts the drain (``shutdown``, as at interpreter exit): they go
-    back pending, due now and no attempt charged, not left running until
-    their leases end with an attempt spent that never ran."""
+    hook that outlasts the drain: the queued ones go back pending, due now and
+    no attempt charged (not left running until their leases end, an attempt
+    spent that never ran). At interpreter exit the running one too (it is cut
+    off); a process that goes on (``postreg.shutdown(app=...)``) lets it finish
+    and record its outcome, not run it twice."""
     app, started, gate, calls = three_behind_a_gate(
         make_app, POSTREG_MAX_WORKERS=1, POSTREG_MAX_ATTEMPTS=2
     )
@@ -474,22 +517,26 @@ def test_a_web_process_out_of_drain_time_hands_back_what_it_did_not_finish(
     try:
         assert started.wait(10)
         with caplog.at_level(logging.WARNING, logger="flask_postreg"):
-            assert state.backend.shutdown(0.1) is False
+            assert state.backend.shutdown(0.1, exiting=exiting) is False
     finally:
         gate.set()
-    assert state.backend.handed_back == 3
-    assert "3 left pending for the next process" in caplog.text
+    handed_back = 3 if exiting else 2
+    assert state.backend.handed_back == handed_back
+    assert f"{handed_back} left pending for the next process" in caplog.text
+    if not exiting:
+        assert state.backend.join(10)  # the running attempt ends here
     rows = deliveries(app)
+    finished = [] if exiting else [("succeeded", 1, None)]
     assert (
         sorted((d.status, d.attempts, d.locked_until) for d in rows)
-        == [("pending", 0, None)] * 3
+        == [("pending", 0, None)] * handed_back + finished
     )
-    assert all(d.next_attempt_at <= time.time() for d in rows)
-    # The cut-off attempt's late success does not overwrite the hand-back (its
+    assert all(d.next_attempt_at <= time.time() for d in rows if d.status == "pending")
+    # A cut-off attempt's late success does not overwrite the hand-back (its
     # claim no longer holds): the next process runs it again, at attempt 1.
     state.store.flush()
     claimed = state.store.claim_due(state.hooks(), 10)
-    assert sorted(d.attempt for d in claimed) == [1, 1, 1]
+    assert sorted(d.attempt for d in claimed) == [1] * handed_back
     assert len(calls) == 1
 
 

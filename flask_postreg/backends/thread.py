@@ -181,18 +181,21 @@ class ThreadBackend:
         with self._cond:
             return len(self._queue)
 
-    def withdraw(self) -> list[Delivery]:
-        """Deliveries queued or running now, for a stopping worker to hand back;
-        the queued ones are taken out of the queue so that no thread starts
-        them after they were handed back (another process may run them)."""
+    def withdraw(self, *, running: bool = True) -> list[Delivery]:
+        """Deliveries queued (and, with ``running``, running) now, for a stopping
+        pool to hand back; the queued ones are taken out of the queue so that no
+        thread starts them after they were handed back (another process may run
+        them)."""
         with self._cond:
             queued = list(self._queue)
             self._queue.clear()
             self._pending -= len(queued)
             if self._pending <= 0:
                 self._wake_all()
-            running = [r.delivery for r in self._running.values() if not r.abandoned]
-            return [*queued, *running]
+            if not running:
+                return queued
+            ongoing = [r.delivery for r in self._running.values() if not r.abandoned]
+            return [*queued, *ongoing]
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued, running or due for retry; False on timeout."""
@@ -207,8 +210,13 @@ class ThreadBackend:
                 self._idle.wait(remaining)
         return True
 
-    def shutdown(self, timeout: float | None = None) -> bool:
-        """Stop taking work, let queued and running jobs finish within ``timeout``."""
+    def shutdown(self, timeout: float | None = None, *, exiting: bool = False) -> bool:
+        """Stop taking work, let queued and running jobs finish within ``timeout``.
+
+        Past it, with the database store, what is still queued goes back pending
+        for another process; so do the running attempts when the process is
+        ``exiting`` (they are cut off with it; in a process that goes on they
+        finish, and record their outcome, here)."""
         timeout = self.shutdown_timeout if timeout is None else timeout
         with self._cond:
             if self._pid != os.getpid() or self._stopping:
@@ -238,7 +246,7 @@ class ThreadBackend:
         self._flush_store()
         if not done:
             unfinished = self.pending
-            self.handed_back = self._hand_back()
+            self.handed_back = self._hand_back(running=exiting)
             logger.warning(
                 "flask-postreg shut down with %d deliveries unfinished after %.1fs%s",
                 unfinished,
@@ -249,18 +257,18 @@ class ThreadBackend:
             )
         return done
 
-    def _hand_back(self) -> int:
+    def _hand_back(self, *, running: bool) -> int:
         """After a drain that ran out of time, with the database store: the
-        deliveries still queued or running go back to pending, due now and
-        their attempt not counted (a queued one never ran; a running one is cut
-        off with the process), so the next process's poller runs them at once
-        instead of after their lease, and nothing is charged for the stop.
-        Returns how many rows changed."""
+        deliveries still queued (and ``running``, those cut off with the
+        process) go back to pending, due now and their attempt not counted, so
+        another process's poller runs them at once instead of after their lease,
+        and nothing is charged for the stop. Returns how many rows changed."""
         store = self.dispatcher.store
         hand_back = getattr(store, "hand_back", None)
         if not store.durable or hand_back is None:
             return 0
-        unfinished = [d for d in self.withdraw() if d.row_id is not None]
+        withdrawn = self.withdraw(running=running)
+        unfinished = [d for d in withdrawn if d.row_id is not None]
         # An attempt that ended since the drain gave up has its outcome batched:
         # written first, it is not handed back (its claim no longer holds).
         self._flush_store()
@@ -503,7 +511,7 @@ _POOLS: weakref.WeakSet[ThreadBackend] = weakref.WeakSet()
 def _shutdown_all() -> None:
     for pool in list(_POOLS):
         try:
-            pool.shutdown()
+            pool.shutdown(exiting=True)
         except Exception:
             logger.exception("flask-postreg: error while shutting the pool down")
 

@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flask_postreg")
 
 
+def _about_a_row(error: BaseException) -> bool:
+    """Could ``error`` be one row's, the others writable alone (a value the
+    database refuses, a trigger)? Not when the database itself is out of reach
+    or locked: each row alone would wait for its own timeout."""
+    if isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    return not getattr(error, "connection_invalidated", False)
+
+
 class OutcomeWriter:
     """Buffers outcomes and writes them in one transaction per batch.
 
@@ -102,7 +111,7 @@ class OutcomeWriter:
         except Exception as exc:
             error = exc
         lost = outcomes
-        if len(outcomes) > 1:
+        if len(outcomes) > 1 and _about_a_row(error):
             lost = []
             for outcome in outcomes:
                 try:
