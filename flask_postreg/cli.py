@@ -351,7 +351,30 @@ def retry_command(
     state = _state()
     store = _durable(state, "retrying deliveries")
     delivery_ids = tuple(dict.fromkeys(delivery_ids))  # an id given twice is one
-    count = store.retry_dead(hook) if dead else store.retry(delivery_ids)
+    # A hook this app no longer has: its rows would go pending and never run.
+    names = _hook_names(state)
+    if hook:
+        _require_hook(state, hook)
+    hooks = {i.rpartition(":")[2] for i in delivery_ids if ":" in i}  # event:hook
+    gone = sorted(hooks - set(names))
+    if gone:
+        raise click.ClickException(
+            f"unknown hook(s) {', '.join(map(repr, gone))} in the id(s): nothing"
+            " would run them. The app's hooks are:"
+            f" {', '.join(sorted(names)) or '(none)'} (see: flask postreg hooks)"
+        )
+    if not dead:
+        count = store.retry(delivery_ids)
+    else:
+        count = sum(store.retry_dead(h) for h in ([hook] if hook else names))
+        if not hook:
+            left = [h for h in store.dead_hooks() if h not in names]
+            if left:
+                click.echo(
+                    f"Dead deliveries of hook(s) this app no longer has were left"
+                    f" as they are: {', '.join(left)}.",
+                    err=True,
+                )
     if as_json:
         terminal.echo_json({"retried": count})
     elif dead:
@@ -462,7 +485,8 @@ def replay_command(
         click.echo(
             "A running app or `flask postreg worker` delivers them. Resume or"
             f" repeat safely with --run-id {result.run_id} --since {result.since}"
-            f" --until {result.until}."
+            f" --until {result.until} (for POSTREG_RETENTION_DAYS: a prune"
+            " forgets the users a run delivered)."
         )
 
 

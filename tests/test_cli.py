@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_postreg import PermanentError
+from flask_postreg.store import MemoryStore
 from flask_postreg.terminal import parse_when
 
 from .models import Account
@@ -269,6 +270,40 @@ def test_retry_ids_and_dead(app, postreg, recorder, failing):
     assert invoke(app, "retry").exit_code == 2
     assert invoke(app, "retry", "x", "--dead").exit_code == 2
     assert invoke(app, "retry", "x", "--hook", "h").exit_code == 2
+
+
+def test_retry_runs_only_hooks_the_app_has(app, postreg, recorder, failing):
+    """Rows of a hook the app does not have would go pending and never run: a
+    typo or a removed hook is an error, and ``--dead`` leaves their rows."""
+    register(app, postreg, "ann@example.com")
+    store = app.extensions["postreg"].store
+    (dead,) = store.deliveries(status="dead")
+    with store.engine.begin() as conn:  # a hook removed from the code since
+        d = store.t.deliveries
+        conn.execute(
+            sa.insert(d).from_select(
+                [c.name for c in d.columns],
+                sa.select(
+                    *[sa.literal("removed") if c.name == "hook" else c for c in d.c]
+                ).where(d.c.hook == "failing"),
+            )
+        )
+    result = invoke(app, "retry", "--dead", "--hook", "failnig")
+    assert result.exit_code == 1 and "unknown hook 'failnig'" in result.output
+    result = invoke(app, "retry", f"{dead.event_id}:removed")
+    assert result.exit_code == 1 and "unknown hook(s) 'removed'" in result.output
+    result = invoke(app, "retry", "--dead")
+    assert result.exit_code == 0, result.output
+    assert "1 dead delivery(ies) sent back to pending." in result.output
+    assert "no longer has were left as they are: removed." in result.output
+    assert [d.status for d in store.deliveries(hook="removed")] == ["dead"]
+
+
+def test_a_negative_limit_is_an_error_in_every_store(app, postreg):
+    with pytest.raises(ValueError, match="limit must be 0 or more"):
+        app.extensions["postreg"].store.deliveries(limit=-1)
+    with pytest.raises(ValueError, match="limit must be 0 or more"):
+        MemoryStore().deliveries(limit=-1)
 
 
 def test_retry_gives_a_dead_delivery_a_fresh_attempt_budget(make_app):

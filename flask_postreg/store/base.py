@@ -28,6 +28,14 @@ def to_epoch(when: _dt.datetime) -> float:
     return when.timestamp()
 
 
+def checked_limit(limit: int) -> int:
+    """``limit`` for a listing: a negative one means nothing alike everywhere
+    (no limit on SQLite, an error on PostgreSQL, a slice in memory)."""
+    if limit < 0:
+        raise ValueError(f"limit must be 0 or more, not {limit}")
+    return limit
+
+
 def delivery_id(event_id: str, hook: str) -> str:
     """A delivery's id in every store: its event and hook, as one string."""
     return f"{event_id}:{hook}"

@@ -39,6 +39,7 @@ from . import leases
 from . import queries
 from .base import DeliveryRecord
 from .base import Store
+from .base import checked_limit
 from .base import delivery_id
 from .base import to_epoch
 from .memory import MemoryStore
@@ -436,7 +437,7 @@ class DatabaseStore(Store):
                 hook=hook,
                 since=since,
                 until=until,
-                limit=limit,
+                limit=checked_limit(limit),
                 event_id=event_id,
             )
 
@@ -444,6 +445,12 @@ class DatabaseStore(Store):
         self.flush()
         with self.engine.connect() as conn:
             return queries.counts(conn, self.t.deliveries)
+
+    def dead_hooks(self) -> list[str]:
+        """The hooks that have dead deliveries, by name."""
+        self.flush()
+        with self.engine.connect() as conn:
+            return queries.dead_hooks(conn, self.t.deliveries)
 
     def retry(self, ids: Iterable[str]) -> int:
         d = self.t.deliveries

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from .. import forksafe
 from .base import DeliveryRecord
 from .base import Store
+from .base import checked_limit
 from .base import delivery_id
 from .base import to_epoch
 
@@ -91,7 +92,7 @@ class MemoryStore(Store):
             for o in items
             if (status is None or o.status == status)
             and (hook is None or o.hook == hook)
-        ][:limit]
+        ][: checked_limit(limit)]
 
     def deliveries(
         self,
@@ -118,7 +119,7 @@ class MemoryStore(Store):
                 (since is None and until is None)
                 or (d.created_at is not None and low <= to_epoch(d.created_at) < high)
             )
-        ][:limit]
+        ][: checked_limit(limit)]
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Every delivery of this process by its latest status (not only the

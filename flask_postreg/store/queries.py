@@ -80,6 +80,13 @@ def counts(conn: sa.Connection, d: sa.Table) -> dict[tuple[str, str], int]:
     return {(hook, status): n for hook, status, n in conn.execute(query)}
 
 
+def dead_hooks(conn: sa.Connection, d: sa.Table) -> list[str]:
+    """The hooks with dead deliveries (read from the partial index of dead
+    letters: its condition is the literal the index was made with)."""
+    query = sa.select(d.c.hook).where(sa.text(DEAD_ONLY)).distinct()
+    return sorted(conn.scalars(query))
+
+
 def requeue(
     conn: sa.Connection, d: sa.Table, cond: Any, rows: list[dict[str, Any]] | None
 ) -> int:
