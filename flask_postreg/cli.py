@@ -30,6 +30,7 @@ from .dispatch import SUCCEEDED
 from .errors import PostRegError
 from .scrub import scrub
 from .store.database import DatabaseStore
+from .store.leases import split_delivery_id
 from .store.tables import RUN_ID_WIDTH
 
 if TYPE_CHECKING:
@@ -355,8 +356,8 @@ def retry_command(
     names = _hook_names(state)
     if hook:
         _require_hook(state, hook)
-    hooks = {i.rpartition(":")[2] for i in delivery_ids if ":" in i}  # event:hook
-    gone = sorted(hooks - set(names))
+    keys = filter(None, map(split_delivery_id, delivery_ids))
+    gone = sorted({hook for _, hook in keys} - set(names))
     if gone:
         raise click.ClickException(
             f"unknown hook(s) {', '.join(map(repr, gone))} in the id(s): nothing"

@@ -292,11 +292,28 @@ def test_retry_runs_only_hooks_the_app_has(app, postreg, recorder, failing):
     assert result.exit_code == 1 and "unknown hook 'failnig'" in result.output
     result = invoke(app, "retry", f"{dead.event_id}:removed")
     assert result.exit_code == 1 and "unknown hook(s) 'removed'" in result.output
+    result = invoke(app, "retry", f"{dead.event_id}:signal:gone:hook")
+    assert "unknown hook(s) 'signal:gone:hook'" in result.output  # ':' in names
     result = invoke(app, "retry", "--dead")
     assert result.exit_code == 0, result.output
     assert "1 dead delivery(ies) sent back to pending." in result.output
     assert "no longer has were left as they are: removed." in result.output
     assert [d.status for d in store.deliveries(hook="removed")] == ["dead"]
+
+
+def test_retry_takes_a_hook_name_with_colons(app, postreg):
+    """A delivery id is ``event_id:hook`` and hook names may hold ``:``
+    (``crm:sync``, a receiver's ``signal:module:name``)."""
+
+    @postreg.hook(name="crm:sync", max_attempts=1)
+    def sync(user, context):
+        raise PermanentError("down")
+
+    register(app, postreg, "ann@example.com")
+    (dead,) = app.extensions["postreg"].store.deliveries(status="dead")
+    assert dead.id.endswith(":crm:sync")
+    result = invoke(app, "retry", dead.id)
+    assert result.exit_code == 0 and "1 of 1" in result.output, result.output
 
 
 def test_a_negative_limit_is_an_error_in_every_store(app, postreg):
