@@ -100,7 +100,7 @@ def _outer_commit(connection: Connection) -> None:
     hook started here could miss its own user, and its outcome would wait on
     (or miss) rows not yet committed: hand over once the COMMIT is done, when
     the connection begins its next transaction or goes back to the pool."""
-    outer: _Outer | None = connection.info.pop(_OUTER, None)
+    outer: _Outer | None = _info(connection).pop(_OUTER, None)
     if outer is not None and outer.items:
         committing = connection.info.setdefault(_COMMITTING, [])
         committing.extend(item for _, item in outer.items)
@@ -112,7 +112,7 @@ def _outer_commit(connection: Connection) -> None:
 def _outer_begin(connection: Connection) -> None:
     """The COMMIT before this is done (the connection's ``info`` is its pool
     record's, so what it committed is found at check-in too)."""
-    hand_over_kept(connection.info, _COMMITTING)
+    hand_over_kept(_info(connection), _COMMITTING)
 
 
 def _outer_checkin(dbapi_connection: Any, record: Any) -> None:
@@ -146,9 +146,9 @@ def _outer_commit_failed(context: sa.engine.ExceptionContext) -> None:
         # level, say); a failing COMMIT is the only one still in its transaction.
         if not connection.in_transaction():
             return
-        items = connection.info.pop(_COMMITTING, None)
-    except Exception:  # the connection is gone: nothing of it can be handed over
+    except Exception:
         return
+    items = _info(connection).pop(_COMMITTING, None)
     if items:
         logger.warning(
             "flask-postreg: the COMMIT of a transaction a session joined failed"
@@ -161,30 +161,37 @@ def _outer_commit_failed(context: sa.engine.ExceptionContext) -> None:
 QUIET_ERROR_LISTENERS.add(_outer_commit_failed)
 
 
-def _outer_rollback(connection: Connection) -> None:
+def _info(connection: Connection) -> dict[Any, Any]:
+    """``connection.info``, or an empty dict when the connection is invalidated
+    (reading it would try to reconnect and fail the app's rollback; the
+    reconnect clears it anyway)."""
     try:
-        info = connection.info
-    except Exception:  # invalidated: reconnecting clears its info anyway
-        return
+        return connection.info
+    except Exception:
+        return {}
+
+
+def _outer_rollback(connection: Connection) -> None:
+    info = _info(connection)
     info.pop(_OUTER, None)
     info.pop(_COMMITTING, None)  # a COMMIT that failed, rolled back
 
 
 def _outer_savepoint(connection: Connection, name: str | None) -> None:
-    outer: _Outer | None = connection.info.get(_OUTER)
+    outer: _Outer | None = _info(connection).get(_OUTER)
     if outer is not None:
         outer.savepoints.append(outer.seq)
 
 
 def _outer_rollback_savepoint(connection: Connection, name: str, context: Any) -> None:
-    outer: _Outer | None = connection.info.get(_OUTER)
+    outer: _Outer | None = _info(connection).get(_OUTER)
     if outer is not None:
         began = outer.savepoints.pop() if outer.savepoints else 0
         outer.items = [(n, item) for n, item in outer.items if n <= began]
 
 
 def _outer_release_savepoint(connection: Connection, name: str, context: Any) -> None:
-    outer: _Outer | None = connection.info.get(_OUTER)
+    outer: _Outer | None = _info(connection).get(_OUTER)
     if outer is not None and outer.savepoints:  # its batches go to its parent
         outer.savepoints.pop()
 

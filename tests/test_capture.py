@@ -570,20 +570,27 @@ def test_an_outer_transaction_whose_commit_fails_runs_no_hooks(
         assert not watched(conn)
 
 
+@pytest.mark.parametrize("savepoint", ["none", "before", "after"])
 def test_an_outer_transaction_rolled_back_after_its_connection_is_lost(
-    app, postreg, recorder
+    app, postreg, recorder, savepoint
 ):
     """The joined transaction's connection is lost (invalidated); the app rolls
-    back: that rollback must not fail on our listener, and nothing runs."""
+    back (a SAVEPOINT begun before or after the registration first): no
+    rollback may fail on our listeners, and nothing runs."""
     from sqlalchemy.orm import Session
 
     with app.app_context(), db.engine.connect() as conn:
         trans = conn.begin()
+        nested = conn.begin_nested() if savepoint == "before" else None
         session = Session(bind=conn)
         session.add(Account(email="joined@example.com"))
         session.commit()
         session.close()
+        if savepoint == "after":
+            nested = conn.begin_nested()
         conn.invalidate()
+        if nested is not None:
+            nested.rollback()
         trans.rollback()
     assert registered(app, postreg, recorder) == []
 

@@ -541,6 +541,40 @@ def test_a_web_process_out_of_drain_time_hands_back_what_it_did_not_finish(
 
 
 @both
+def test_an_exit_after_an_explicit_shutdown_hands_back_what_still_runs(make_app):
+    """``postreg.shutdown()`` left the running attempt to finish; the process
+    then exits (the atexit drain) with it still running: it is cut off, so it
+    goes back pending too instead of staying leased with an attempt spent."""
+    app, started, gate, _ = three_behind_a_gate(make_app, POSTREG_MAX_WORKERS=1)
+    backend = app.extensions["postreg"].backend
+    try:
+        assert started.wait(10)
+        assert backend.shutdown(0.1) is False
+        assert backend.handed_back == 2
+        assert backend.shutdown(0.1, exiting=True) is False  # as at exit
+        assert backend.handed_back == 1
+    finally:
+        gate.set()
+    rows = deliveries(app)
+    assert sorted((d.status, d.attempts) for d in rows) == [("pending", 0)] * 3
+
+
+def test_only_errors_one_row_can_cause_are_retried_row_by_row():
+    """A batch's failure is retried row by row only when it may be one row's:
+    a database out of reach, locked or a pool exhausted would make each row
+    wait out its own timeout."""
+    from flask_postreg.store.outcomes import _about_a_row
+
+    orig = Exception("x")
+    assert _about_a_row(sa.exc.DataError("UPDATE", {}, orig))
+    assert _about_a_row(sa.exc.IntegrityError("UPDATE", {}, orig))
+    assert _about_a_row(UnicodeEncodeError("utf-8", "\udc80", 0, 1, "surrogate"))
+    assert not _about_a_row(sa.exc.OperationalError("UPDATE", {}, orig))
+    assert not _about_a_row(sa.exc.TimeoutError("QueuePool limit reached"))
+    assert not _about_a_row(sa.exc.InterfaceError("UPDATE", {}, orig))
+
+
+@both
 def test_join_waits_for_a_poll_between_its_claim_and_its_submit(make_app):
     """join() returned while the poller held a row it had claimed and not yet
     queued: a caller saw it 'running' with nothing left to wait for (a CI

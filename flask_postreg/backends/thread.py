@@ -218,18 +218,23 @@ class ThreadBackend:
         ``exiting`` (they are cut off with it; in a process that goes on they
         finish, and record their outcome, here)."""
         timeout = self.shutdown_timeout if timeout is None else timeout
+        dropped_retries = 0
         with self._cond:
-            if self._pid != os.getpid() or self._stopping:
+            if self._pid != os.getpid():
                 self._stopping = True
-                nothing_to_drain = True
+                drain = False
+            elif self._stopping:
+                # Stopped before (postreg.shutdown()), and now the process exits:
+                # what that stop left running gets this drain, then is cut off.
+                drain = exiting and any(not r.abandoned for r in self._running.values())
             else:
-                nothing_to_drain = False
+                drain = True
                 self._stopping = True
                 dropped_retries = len(self._timers)
                 self._pending -= dropped_retries
                 self._timers.clear()
                 self._wake_all()
-        if nothing_to_drain:  # nothing ran here, but outcomes may wait in the store
+        if not drain:  # nothing runs here, but outcomes may wait in the store
             self._flush_store()
             return True
         if dropped_retries and not self.dispatcher.store.durable:
@@ -247,13 +252,16 @@ class ThreadBackend:
         if not done:
             unfinished = self.pending
             self.handed_back = self._hand_back(running=exiting)
+            left = ""
+            if self.dispatcher.store.durable:
+                left = f"; {self.handed_back} left pending for the next process"
+                if not exiting and unfinished > self.handed_back:
+                    left += f", {unfinished - self.handed_back} still running here"
             logger.warning(
                 "flask-postreg shut down with %d deliveries unfinished after %.1fs%s",
                 unfinished,
                 timeout,
-                f"; {self.handed_back} left pending for the next process"
-                if self.dispatcher.store.durable
-                else "",
+                left,
             )
         return done
 

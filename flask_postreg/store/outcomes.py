@@ -30,12 +30,14 @@ logger = logging.getLogger("flask_postreg")
 
 
 def _about_a_row(error: BaseException) -> bool:
-    """Could ``error`` be one row's, the others writable alone (a value the
-    database refuses, a trigger)? Not when the database itself is out of reach
-    or locked: each row alone would wait for its own timeout."""
-    if isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError)):
-        return False
-    return not getattr(error, "connection_invalidated", False)
+    """Could ``error`` be one row's, the others writable alone: a value the
+    database or its driver refuses, a constraint or trigger? Not a database out
+    of reach, locked or a pool exhausted: each row alone would wait its own
+    timeout."""
+    return isinstance(
+        error,
+        (sa.exc.DataError, sa.exc.IntegrityError, UnicodeError, ValueError, TypeError),
+    )
 
 
 class OutcomeWriter:
