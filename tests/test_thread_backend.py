@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from flask import Flask
@@ -220,3 +221,26 @@ def test_hooks_at_their_limit_with_hung_attempts_still_get_idle_workers():
     done = {job for job in list(ran) if job[1] != "0"}
     assert done == {(name, str(i)) for name in "ab" for i in range(1, 4)}
     pool.shutdown(5)
+
+
+def test_many_running_pools_warn_once_what_to_do(monkeypatch, caplog):
+    """Pools hold their app through their threads: a test suite's app factory
+    that never shuts them down piles up threads and connections. Past
+    ``MANY_POOLS`` running in the process, one WARNING says what to do."""
+    from flask_postreg.backends import thread
+
+    monkeypatch.setattr(thread, "MANY_POOLS", 3)
+    monkeypatch.setattr(thread, "_warned_many", False)
+    pools = [backend() for _ in range(4)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="flask_postreg"):
+            for pool in pools:
+                assert pool.start()
+        warnings = [
+            r.getMessage() for r in caplog.records if "apps in this" in r.message
+        ]
+        assert len(warnings) == 1
+        assert "postreg.shutdown(app=app) in the fixture's teardown" in warnings[0]
+    finally:
+        for pool in pools:
+            pool.shutdown(timeout=5)

@@ -45,6 +45,12 @@ logger = logging.getLogger("flask_postreg")
 #: Written-off (hung) threads allowed per worker slot before no more are replaced.
 STUCK_FACTOR = 4
 
+#: Pools running at once in a process past which it warns (once): their threads
+#: hold their app, so an app factory per test that never calls
+#: ``postreg.shutdown(app=app)`` piles up threads and open database connections.
+MANY_POOLS = 32
+_warned_many = False
+
 #: Seconds a worker that just ran a job keeps looking for the next one on its
 #: own before it waits to be woken. While one lingers, a submit wakes nobody:
 #: under a stream of registrations the worker picks jobs up in small batches on
@@ -305,6 +311,7 @@ class ThreadBackend:
         if self._pid == os.getpid():
             return True
         self._pid = os.getpid()
+        _warn_if_many(self._pid)
         try:
             for _ in range(self.max_workers):
                 self._start(self._work, "worker")
@@ -514,6 +521,24 @@ class ThreadBackend:
 
 
 _POOLS: weakref.WeakSet[ThreadBackend] = weakref.WeakSet()
+
+
+def _warn_if_many(pid: int) -> None:
+    """Warn once if this process runs ``MANY_POOLS`` pools (one just started)."""
+    global _warned_many
+    if _warned_many:
+        return
+    running = sum(1 for p in list(_POOLS) if p._pid == pid and not p._stopping)
+    if running >= MANY_POOLS:
+        _warned_many = True
+        logger.warning(
+            "flask-postreg: %d apps in this process run their own pool of threads"
+            " (and poller); the threads hold their app, so an app dropped without"
+            " postreg.shutdown(app=app) keeps them and its database connections."
+            " An app factory per test: call postreg.shutdown(app=app) in the"
+            " fixture's teardown.",
+            running,
+        )
 
 
 def _shutdown_all() -> None:
