@@ -296,8 +296,11 @@ class PostReg:
         return runner.run_test(self._state(app), payload, hooks)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for every job dispatched so far in this process; False on timeout."""
+        """Wait for every job dispatched so far in this process. False on
+        timeout, or if an outcome could not be written since the last join()
+        (the database store runs it again once its lease ends)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        done = True
         for state in list(self._states):
             remaining = (
                 None if deadline is None else max(deadline - time.monotonic(), 0)
@@ -305,7 +308,11 @@ class PostReg:
             if not state.backend.join(remaining):
                 return False
             state.store.flush()  # outcomes are durable when join() says done
-        return True
+            lost = state.store.lost_outcomes
+            if lost > state.lost_reported:
+                state.lost_reported = lost
+                done = False
+        return done
 
     def shutdown(
         self, timeout: float | None = None, *, app: Flask | None = None

@@ -135,6 +135,8 @@ class _State:
         self._hooks_cache: tuple[Any, list[Hook], list[Hook]] | None = None
         #: False: this process writes outbox rows but leaves them to a worker.
         self.run_here: bool = values["RUN_IN_WEB"]
+        #: Outcomes lost (not written) that a join() has reported already.
+        self.lost_reported = 0
         #: Open ``record_events()`` blocks (see :mod:`flask_postreg.recording`).
         self.recorders: list[recording.Recorder] = []
         self.bind_key: str | None = user_model.metadata.info.get("bind_key")  # type: ignore[attr-defined]

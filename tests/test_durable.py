@@ -166,6 +166,35 @@ def test_crash_recovery_runs_every_committed_hook(make_app, db_url, tmp_path, ca
 
 
 @postgres_only
+def test_tables_found_through_the_apps_schema_translate_map(make_app, db_url, caplog):
+    """An engine with ``schema_translate_map`` (one schema per tenant, say):
+    the tables are checked where its statements put them, not missed (the
+    store then fell back to memory: no durability, an ERROR)."""
+    admin = sa.create_engine(db_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA tenant1")
+    try:
+        options = {"execution_options": {"schema_translate_map": {None: "tenant1"}}}
+        app, postreg = make_app(SQLALCHEMY_ENGINE_OPTIONS=options)
+        ran = []
+        postreg.hook(lambda user, context: ran.append(user.email), name="h")
+        with caplog.at_level(logging.ERROR, logger="flask_postreg"):
+            register(app)
+        assert postreg.join(10) and ran == ["ann@example.com"]
+        assert "missing" not in caplog.text
+        with admin.connect() as conn:
+            query = "SELECT status FROM tenant1.postreg_deliveries"
+            assert conn.exec_driver_sql(query).scalars().all() == ["succeeded"]
+        postreg.shutdown(5)
+        with app.app_context():
+            db.drop_all()
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA tenant1 CASCADE")
+        admin.dispose()
+
+
+@postgres_only
 def test_a_failure_after_an_outer_commit_does_not_drop_its_hooks(make_app, caplog):
     """A joined session's outer transaction committed; then a call on the
     connection fails before it begins again (here the server ended the session

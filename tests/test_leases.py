@@ -171,6 +171,8 @@ def test_a_batch_the_database_cannot_take_at_all_is_not_retried_row_by_row(
     assert 1 <= len(updates) <= len(written)
     assert "could not record 5 outcome(s) (OperationalError" in caplog.text
     assert {d.status for d in deliveries(app)} == {"running"}  # left to leases
+    assert postreg.join(5) is False  # outcomes are not durable: join() says so
+    assert postreg.join(5) is True  # once
 
 
 @both
@@ -572,6 +574,50 @@ def test_only_errors_one_row_can_cause_are_retried_row_by_row():
     assert not _about_a_row(sa.exc.OperationalError("UPDATE", {}, orig))
     assert not _about_a_row(sa.exc.TimeoutError("QueuePool limit reached"))
     assert not _about_a_row(sa.exc.InterfaceError("UPDATE", {}, orig))
+
+
+@pytest.mark.parametrize("db_url", BOTH_DATABASES[1:], indirect=True)
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_the_outbox_runs_at_read_committed_whatever_the_app_sets(make_app, isolation):
+    """An app's engine at REPEATABLE READ or SERIALIZABLE: the outbox's own
+    short UPDATEs (outcomes, claims, hand-backs), each already guarded by its
+    claim token, would fail with serialization errors whenever they met
+    another process's, losing whole batches to their leases. They run at
+    READ COMMITTED: here a hand-back that waited on a row another process's
+    outcome was writing hands back the other row and skips that one."""
+    config = {"SQLALCHEMY_ENGINE_OPTIONS": {"isolation_level": isolation}}
+    app, _, s, (a, b) = written_deliveries(make_app, 2, config=config)
+    with s.engine.connect() as conn:
+        level = conn.exec_driver_sql("SHOW transaction_isolation").scalar()
+    assert level == "read committed"
+    d = s.t.deliveries
+    with app.app_context():
+        other = db.engine.connect()  # as the app configured it
+    try:
+        pid = other.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        other.execute(  # b's outcome, being written by another process
+            sa.update(d)
+            .where(d.c.event_id == b.event.id, d.c.claim == 1)
+            .values(status="succeeded", locked_until=None)
+        )
+        handed = []
+        worker = threading.Thread(target=lambda: handed.append(s.hand_back([a, b])))
+        worker.start()
+        deadline = time.monotonic() + 10
+        with s.engine.connect() as watch:  # until the hand-back waits on b's lock
+            blocked = sa.text(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> :pid"
+            )
+            while not watch.execute(blocked, {"pid": pid}).scalar():
+                assert time.monotonic() < deadline, "the hand-back never waited"
+                watch.rollback()
+        other.commit()
+    finally:
+        other.close()
+    worker.join(10)
+    assert handed == [1]
+    statuses = {r.event_id: r.status for r in deliveries(app)}
+    assert (statuses[a.event.id], statuses[b.event.id]) == ("pending", "succeeded")
 
 
 @both

@@ -523,6 +523,14 @@ class ThreadBackend:
 _POOLS: weakref.WeakSet[ThreadBackend] = weakref.WeakSet()
 
 
+def _child_warns_anew() -> None:
+    global _warned_many
+    _warned_many = False
+
+
+os.register_at_fork(after_in_child=_child_warns_anew)
+
+
 def _warn_if_many(pid: int) -> None:
     """Warn once if this process runs ``MANY_POOLS`` pools (one just started)."""
     global _warned_many

@@ -86,6 +86,11 @@ class Store:
     def flush(self) -> None:
         """Make every recorded outcome durable now (no-op unless batched)."""
 
+    @property
+    def lost_outcomes(self) -> int:
+        """Outcomes this process could not write, in all (none unless batched)."""
+        return 0
+
     def recent(
         self, *, status: str | None = None, hook: str | None = None, limit: int = 50
     ) -> list[Outcome]:

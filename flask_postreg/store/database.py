@@ -90,6 +90,7 @@ class DatabaseStore(Store):
         self.bind_key = bind_key
         self.history = MemoryStore(history_size, counts=False)
         self._engine: sa.Engine | None = None
+        self._app_engine: sa.Engine | None = None
         self.statements = StatementCache()
         self.outcomes = OutcomeWriter(
             lambda: self.engine,
@@ -110,34 +111,54 @@ class DatabaseStore(Store):
 
     def _after_fork(self) -> None:
         self.history._after_fork()
-        if getattr(self, "_engine", None) is not None:
+        app_engine = getattr(self, "_app_engine", None)
+        if app_engine is not None:
             # The parent's pooled connections must not be shared with the child
             # (SQLAlchemy's documented advice for forking).
-            self._engine.dispose(close=False)  # type: ignore[union-attr]
+            app_engine.dispose(close=False)
 
     # -- plumbing ----------------------------------------------------------
 
     @property
     def engine(self) -> sa.Engine:
-        """The user model's engine (resolved once, inside an app context)."""
+        """The user model's engine for the outbox's own transactions (outcomes,
+        claims, the query API, resolved once inside an app context).
+
+        On PostgreSQL they run at READ COMMITTED whatever the app's engine says:
+        under REPEATABLE READ or SERIALIZABLE their short conditional UPDATEs
+        (each guarded by its claim token, so already safe) fail with
+        serialization errors when they meet a poller's or a registration's
+        rows, losing whole batches of outcomes to their leases, and they make
+        the app's own SERIALIZABLE registrations fail too.
+        """
         if self._engine is None:
             with self.app.app_context():
-                self._engine = self.db.engines[self.bind_key]
+                engine = self._app_engine = self.db.engines[self.bind_key]
+            if engine.dialect.name == "postgresql":
+                engine = engine.execution_options(isolation_level="READ COMMITTED")
+            self._engine = engine
         return self._engine
 
     def tables_ready(self) -> bool:
         """:meth:`tables_present` on a connection of its own, opened only the first
         time (the poller asks every round)."""
-        ok = self._tables_ok.get(self.engine)
+        ok = self._tables_ok.get(self._checked(self.engine))
         if ok is None:
             with self.engine.connect() as conn:
                 ok = self.tables_present(conn)
         return ok
 
+    def _checked(self, engine: sa.Engine) -> sa.Engine:
+        """The engine a table check is kept for: ours (READ COMMITTED) and the
+        app's are one database."""
+        return (
+            self._app_engine if engine is self._engine and self._app_engine else engine
+        )
+
     def tables_present(self, connection: sa.Connection) -> bool:
         """Checked once per engine; if missing (or laid out differently than this
         version writes), say what to run and fall back to memory."""
-        engine = connection.engine
+        engine = self._checked(connection.engine)
         ok = self._tables_ok.get(engine)
         if ok is None:
             missing, stale = table_problems(
@@ -410,6 +431,10 @@ class DatabaseStore(Store):
     def flush(self) -> None:
         """Write every outcome recorded so far (``join`` and claims call this)."""
         self.outcomes.flush()
+
+    @property
+    def lost_outcomes(self) -> int:
+        return self.outcomes.lost
 
     # -- query API ---------------------------------------------------------
 

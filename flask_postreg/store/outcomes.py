@@ -71,6 +71,9 @@ class OutcomeWriter:
         self._buffer: list[tuple[int, Outcome]] = []
         self._ticket = 0
         self._flushed = 0
+        #: Outcomes that could not be written, in all (their leases will expire
+        #: and the poller run them again).
+        self.lost = 0
 
     def add(self, outcome: Outcome) -> None:
         """Queue ``outcome``'s row update (written now when there is no delay)."""
@@ -99,17 +102,18 @@ class OutcomeWriter:
                 batch = self._buffer
                 self._buffer = []
                 last = batch[-1][0]
-            self._write_all([o for _, o in batch])
+            lost = self._write_all([o for _, o in batch])
             with self._lock:
                 self._flushed = max(self._flushed, last)
+                self.lost += lost
 
-    def _write_all(self, outcomes: list[Outcome]) -> None:
+    def _write_all(self, outcomes: list[Outcome]) -> int:
         """Write ``outcomes`` in one transaction; if it fails, each in its own,
         so that a row the database refuses does not take the batch's other
-        outcomes (other hooks' among them) down with it."""
+        outcomes (other hooks' among them) down with it. How many were lost."""
         try:
             self._write(outcomes)
-            return
+            return 0
         except Exception as exc:
             error = exc
         lost = outcomes
@@ -129,6 +133,7 @@ class OutcomeWriter:
                 type(error).__name__,
                 ", ".join(sorted({o.hook for o in lost})),
             )
+        return len(lost)
 
     def _ensure_thread(self) -> None:
         """Start the batch writer in this process (lock held)."""

@@ -161,19 +161,31 @@ def table_problems(
     primary key: a table created by an earlier version), as ``name (problems)``."""
     missing, stale = [], []
     for table in tables:
-        if not inspector.has_table(table.name, schema=table.schema):
+        if not inspector.has_table(table.name, schema=_schema(inspector, table)):
             missing.append(table.name)
             continue
-        columns = inspector.get_columns(table.name, schema=table.schema)
+        columns = inspector.get_columns(table.name, schema=_schema(inspector, table))
         found = {c["name"] for c in columns}
         problems = [f"no column {c.name}" for c in table.columns if c.name not in found]
-        key = inspector.get_pk_constraint(table.name, schema=table.schema)
+        key = inspector.get_pk_constraint(table.name, schema=_schema(inspector, table))
         ours = [c.name for c in table.primary_key.columns]
         if sorted(key.get("constrained_columns") or []) != sorted(ours):
             problems.append(f"primary key is not ({', '.join(ours)})")
         if problems:
             stale.append(f"{table.name} ({'; '.join(problems)})")
     return missing, stale
+
+
+def _schema(inspector: Any, table: sa.Table) -> str | None:
+    """The schema ``table`` is in for this connection: its own, as the
+    connection's ``schema_translate_map`` renders it (the app's engine may set
+    one, and reflection does not apply it)."""
+    bind = getattr(inspector, "bind", None)
+    options = bind.get_execution_options() if bind is not None else {}
+    translate = options.get("schema_translate_map")
+    if translate and table.schema in translate:
+        return translate[table.schema]  # type: ignore[no-any-return]
+    return table.schema
 
 
 def index_problems(inspector: Any, tables: Iterable[sa.Table]) -> list[str]:
@@ -189,7 +201,9 @@ def index_problems(inspector: Any, tables: Iterable[sa.Table]) -> list[str]:
     for table in tables:
         found = {
             ix["name"]: ix
-            for ix in inspector.get_indexes(table.name, schema=table.schema)
+            for ix in inspector.get_indexes(
+                table.name, schema=_schema(inspector, table)
+            )
         }
         for index in table.indexes:
             columns = [c.name for c in index.columns]
