@@ -92,7 +92,7 @@ def _store(state: _State) -> list[Check]:
         return [Check("store", "store", True, detail, warning=True)]
     url = database_url(store.engine.url)
     try:
-        with store.engine.connect() as conn:
+        with store.connect() as conn:
             inspector = sa.inspect(conn)
             tables = (store.t.events, store.t.deliveries, store.t.hook_settings)
             missing, stale = table_problems(inspector, tables)

@@ -254,7 +254,7 @@ class PostReg:
             # One transaction of its own for the outbox rows. An instance whose
             # attributes the commit expired is read on it too, not through its
             # session: that may hold the pool's only connection, or be closed.
-            with state.store.engine.begin() as conn:
+            with state.store.begin() as conn:
                 event = self._event(state, user, conn)
                 marks, run = recording.marks(state, [event])
                 outbox = conn if run and state.store.tables_present(conn) else None

@@ -195,7 +195,7 @@ def replay(
             ids = [k for k in keys.values() if k is not None]
             for attempt in range(1, CONFLICT_RETRIES + 1):
                 try:
-                    with store.engine.begin() as conn:
+                    with store.begin() as conn:
                         done = {
                             row.user_id
                             for row in conn.execute(

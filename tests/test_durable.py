@@ -20,7 +20,9 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 
+from flask_postreg import PostReg
 from flask_postreg import User
 from flask_postreg.dispatch import RetryPolicy
 from flask_postreg.events import Context
@@ -191,6 +193,51 @@ def test_tables_found_through_the_apps_schema_translate_map(make_app, db_url, ca
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql("DROP SCHEMA tenant1 CASCADE")
+        admin.dispose()
+
+
+@postgres_only
+def test_a_user_model_in_a_named_schema_keeps_the_outbox_beside_it(make_app, db_url):
+    """``MetaData(schema="accounts")``: the outbox tables are declared in the
+    same schema (``init_app`` failed with a KeyError), created by
+    ``db.create_all()`` there and written there."""
+    from flask_sqlalchemy import SQLAlchemy
+    from sqlalchemy.orm import DeclarativeBase
+
+    class Base(DeclarativeBase):
+        metadata = sa.MetaData(schema="accounts")
+
+    schema_db = SQLAlchemy(model_class=Base)
+
+    class Member(schema_db.Model):
+        __tablename__ = "members"
+        id = sa.Column(sa.Integer, primary_key=True)
+        email = sa.Column(sa.String(255), nullable=False)
+
+    admin = sa.create_engine(db_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA accounts")
+    app = Flask("named_schema")
+    app.config.update(SQLALCHEMY_DATABASE_URI=db_url)
+    schema_db.init_app(app)
+    postreg = PostReg(app, db=schema_db, user_model=Member)
+    ran = []
+    postreg.hook(lambda user, context: ran.append(user.email), name="h")
+    try:
+        with app.app_context():
+            schema_db.create_all()
+            schema_db.session.add(Member(email="ann@example.com"))
+            schema_db.session.commit()
+        assert postreg.join(10) and ran == ["ann@example.com"]
+        with admin.connect() as conn:
+            query = "SELECT status FROM accounts.postreg_deliveries"
+            assert conn.exec_driver_sql(query).scalars().all() == ["succeeded"]
+    finally:
+        postreg.shutdown(5)
+        with app.app_context():
+            schema_db.engine.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA accounts CASCADE")
         admin.dispose()
 
 

@@ -578,18 +578,29 @@ def test_only_errors_one_row_can_cause_are_retried_row_by_row():
 
 @pytest.mark.parametrize("db_url", BOTH_DATABASES[1:], indirect=True)
 @pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
-def test_the_outbox_runs_at_read_committed_whatever_the_app_sets(make_app, isolation):
+@pytest.mark.parametrize("how", ["engine", "execution_options"])
+def test_the_outbox_runs_at_read_committed_whatever_the_app_sets(
+    make_app, isolation, how
+):
     """An app's engine at REPEATABLE READ or SERIALIZABLE: the outbox's own
     short UPDATEs (outcomes, claims, hand-backs), each already guarded by its
     claim token, would fail with serialization errors whenever they met
     another process's, losing whole batches to their leases. They run at
     READ COMMITTED: here a hand-back that waited on a row another process's
     outcome was writing hands back the other row and skips that one."""
-    config = {"SQLALCHEMY_ENGINE_OPTIONS": {"isolation_level": isolation}}
+    options = (
+        {"isolation_level": isolation}
+        if how == "engine"
+        else {"execution_options": {"isolation_level": isolation}}
+    )
+    config = {"SQLALCHEMY_ENGINE_OPTIONS": options}
     app, _, s, (a, b) = written_deliveries(make_app, 2, config=config)
-    with s.engine.connect() as conn:
+    with s.connect() as conn:
         level = conn.exec_driver_sql("SHOW transaction_isolation").scalar()
     assert level == "read committed"
+    with app.app_context(), db.engine.connect() as conn:  # the app's, unchanged
+        level = conn.exec_driver_sql("SHOW transaction_isolation").scalar()
+    assert level == isolation.lower()
     d = s.t.deliveries
     with app.app_context():
         other = db.engine.connect()  # as the app configured it
@@ -604,7 +615,7 @@ def test_the_outbox_runs_at_read_committed_whatever_the_app_sets(make_app, isola
         worker = threading.Thread(target=lambda: handed.append(s.hand_back([a, b])))
         worker.start()
         deadline = time.monotonic() + 10
-        with s.engine.connect() as watch:  # until the hand-back waits on b's lock
+        with s.connect() as watch:  # until the hand-back waits on b's lock
             blocked = sa.text(
                 "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> :pid"
             )

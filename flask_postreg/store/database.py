@@ -21,6 +21,7 @@ import logging
 import time
 import weakref
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
@@ -90,10 +91,9 @@ class DatabaseStore(Store):
         self.bind_key = bind_key
         self.history = MemoryStore(history_size, counts=False)
         self._engine: sa.Engine | None = None
-        self._app_engine: sa.Engine | None = None
         self.statements = StatementCache()
         self.outcomes = OutcomeWriter(
-            lambda: self.engine,
+            self.begin,
             tables.deliveries,
             self.statements,
             batch_delay=batch_delay,
@@ -111,54 +111,59 @@ class DatabaseStore(Store):
 
     def _after_fork(self) -> None:
         self.history._after_fork()
-        app_engine = getattr(self, "_app_engine", None)
-        if app_engine is not None:
+        if getattr(self, "_engine", None) is not None:
             # The parent's pooled connections must not be shared with the child
             # (SQLAlchemy's documented advice for forking).
-            app_engine.dispose(close=False)
+            self._engine.dispose(close=False)  # type: ignore[union-attr]
 
     # -- plumbing ----------------------------------------------------------
 
     @property
     def engine(self) -> sa.Engine:
-        """The user model's engine for the outbox's own transactions (outcomes,
-        claims, the query API, resolved once inside an app context).
-
-        On PostgreSQL they run at READ COMMITTED whatever the app's engine says:
-        under REPEATABLE READ or SERIALIZABLE their short conditional UPDATEs
-        (each guarded by its claim token, so already safe) fail with
-        serialization errors when they meet a poller's or a registration's
-        rows, losing whole batches of outcomes to their leases, and they make
-        the app's own SERIALIZABLE registrations fail too.
-        """
+        """The user model's engine (resolved once, inside an app context)."""
         if self._engine is None:
             with self.app.app_context():
-                engine = self._app_engine = self.db.engines[self.bind_key]
-            if engine.dialect.name == "postgresql":
-                engine = engine.execution_options(isolation_level="READ COMMITTED")
-            self._engine = engine
+                self._engine = self.db.engines[self.bind_key]
         return self._engine
+
+    def connect(self) -> sa.Connection:
+        """A connection for the outbox's own work (outcomes, claims, the query
+        API, ``emit()``).
+
+        On PostgreSQL it runs at READ COMMITTED whatever the app's engine sets
+        (``isolation_level``, or in ``execution_options``, applied as the
+        connection is made: this comes after): under REPEATABLE READ or
+        SERIALIZABLE these short conditional UPDATEs (each guarded by its
+        claim token, so already safe) fail with serialization errors when they
+        meet a poller's or a registration's rows, losing whole batches of
+        outcomes to their leases, and they make the app's own SERIALIZABLE
+        registrations fail too. The pool gives the connection its level back
+        when it returns.
+        """
+        connection = self.engine.connect()
+        if connection.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="READ COMMITTED")
+        return connection
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """A transaction on :meth:`connect`'s connection, committed at the end."""
+        with self.connect() as connection, connection.begin():
+            yield connection
 
     def tables_ready(self) -> bool:
         """:meth:`tables_present` on a connection of its own, opened only the first
         time (the poller asks every round)."""
-        ok = self._tables_ok.get(self._checked(self.engine))
+        ok = self._tables_ok.get(self.engine)
         if ok is None:
-            with self.engine.connect() as conn:
+            with self.connect() as conn:
                 ok = self.tables_present(conn)
         return ok
-
-    def _checked(self, engine: sa.Engine) -> sa.Engine:
-        """The engine a table check is kept for: ours (READ COMMITTED) and the
-        app's are one database."""
-        return (
-            self._app_engine if engine is self._engine and self._app_engine else engine
-        )
 
     def tables_present(self, connection: sa.Connection) -> bool:
         """Checked once per engine; if missing (or laid out differently than this
         version writes), say what to run and fall back to memory."""
-        engine = self._checked(connection.engine)
+        engine = connection.engine
         ok = self._tables_ok.get(engine)
         if ok is None:
             missing, stale = table_problems(
@@ -321,7 +326,7 @@ class DatabaseStore(Store):
         self.flush()  # its 'pending' outcome may still be in the batch
         now = time.time()
         lease = self._lease([delivery.hook], now)
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             taken = leases.claim_retry(conn, self.t.deliveries, delivery, lease, now)
         if taken is None:
             return None
@@ -334,7 +339,7 @@ class DatabaseStore(Store):
         """End the pre-leases of rows the queue refused, so they are due now."""
         rows = leases.key_rows(ids)
         if rows:
-            with self.engine.begin() as conn:
+            with self.begin() as conn:
                 leases.release(conn, self.t.deliveries, rows)
 
     def unclaim(self, deliveries: Sequence[Delivery]) -> None:
@@ -343,7 +348,7 @@ class DatabaseStore(Store):
         given back."""
         rows = leases.claim_rows(deliveries)
         if rows:
-            with self.engine.begin() as conn:
+            with self.begin() as conn:
                 leases.unclaim(conn, self.t.deliveries, rows)
 
     def hand_back(self, deliveries: Sequence[Delivery]) -> int:
@@ -354,7 +359,7 @@ class DatabaseStore(Store):
         rows = leases.claim_rows(deliveries)
         if not rows:
             return 0
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             return leases.hand_back(conn, self.t.deliveries, rows, time.time())
 
     def claim_due(self, hooks: Sequence[Hook], limit: int) -> list[Delivery]:
@@ -364,7 +369,7 @@ class DatabaseStore(Store):
         by_name = {h.name: h for h in hooks}
         now = time.time()
         ends = {h.name: self._lease([h], now) for h in hooks}
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             claimed = leases.claim_due(conn, self.t.deliveries, ends, limit, now)
             events = self._load_events(conn, {c.event_id for c in claimed})
             lost = [c for c in claimed if c.event_id not in events]
@@ -454,7 +459,7 @@ class DatabaseStore(Store):
         event_id: str | None = None,
     ) -> list[DeliveryRecord]:
         self.flush()
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return queries.deliveries(
                 conn,
                 self.t.deliveries,
@@ -468,13 +473,13 @@ class DatabaseStore(Store):
 
     def counts(self) -> dict[tuple[str, str], int]:
         self.flush()
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return queries.counts(conn, self.t.deliveries)
 
     def dead_hooks(self) -> list[str]:
         """The hooks that have dead deliveries, by name."""
         self.flush()
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return queries.dead_hooks(conn, self.t.deliveries)
 
     def retry(self, ids: Iterable[str]) -> int:
@@ -493,7 +498,7 @@ class DatabaseStore(Store):
 
     def _requeue(self, cond: Any, rows: list[dict[str, Any]] | None = None) -> int:
         self.flush()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             return queries.requeue(conn, self.t.deliveries, cond, rows)
 
     def prune(self, older_than_days: float, *, batch_size: int = PRUNE_BATCH) -> int:
@@ -506,7 +511,7 @@ class DatabaseStore(Store):
         total = 0
         after: str | None = ""
         while after is not None:
-            with self.engine.begin() as conn:
+            with self.begin() as conn:
                 pruned, after = queries.prune_batch(
                     conn, self.t, cutoff, after, batch_size
                 )
@@ -519,13 +524,13 @@ class DatabaseStore(Store):
             # the caller's whole transaction (a registration) instead.
             with connection.begin_nested():
                 return queries.hook_settings(connection, self.t.hook_settings)
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return queries.hook_settings(conn, self.t.hook_settings)
 
     def set_enabled(self, hook: str, enabled: bool) -> None:
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             queries.set_enabled(conn, self.t.hook_settings, hook, enabled)
 
     def event(self, event_id: str) -> Event | None:
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return self._load_events(conn, [event_id]).get(event_id)

@@ -10,6 +10,7 @@ lease expires and the poller runs the delivery again: at least once, as promised
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -50,16 +51,20 @@ class OutcomeWriter:
 
     def __init__(
         self,
-        engine: Callable[[], sa.Engine],
+        begin: Callable[[], contextlib.AbstractContextManager[sa.Connection]],
         deliveries: sa.Table,
         statements: StatementCache,
         *,
         batch_delay: float = 0.0,
     ) -> None:
-        self.engine = engine
+        self.begin = begin  # a transaction of the store's (see DatabaseStore.connect)
         self.deliveries = deliveries
         self.statements = statements
         self.batch_delay = batch_delay
+        #: Outcomes that could not be written, in all (their leases will expire
+        #: and the poller run them again). Kept in a forked child, as the count
+        #: join() compares it with is.
+        self.lost = 0
         self._after_fork()
         forksafe.register(self)
 
@@ -71,9 +76,6 @@ class OutcomeWriter:
         self._buffer: list[tuple[int, Outcome]] = []
         self._ticket = 0
         self._flushed = 0
-        #: Outcomes that could not be written, in all (their leases will expire
-        #: and the poller run them again).
-        self.lost = 0
 
     def add(self, outcome: Outcome) -> None:
         """Queue ``outcome``'s row update (written now when there is no delay)."""
@@ -198,5 +200,5 @@ class OutcomeWriter:
             }
             for o in outcomes
         ]
-        with self.engine().begin() as conn:
+        with self.begin() as conn:
             self.statements.execute(conn, ("outcome", d.name), build, rows)

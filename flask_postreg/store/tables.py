@@ -68,8 +68,13 @@ def _partial(name: str, *columns_and_where: str, unique: bool = False) -> sa.Ind
 
 
 def tables_for(metadata: sa.MetaData) -> Tables:
-    """The three tables on ``metadata``, declared once (many apps share a db)."""
-    if EVENTS not in metadata.tables:
+    """The three tables on ``metadata``, declared once (many apps share a db);
+    in its default ``schema`` if it has one, as the user model's tables are."""
+
+    def key(name: str) -> str:
+        return f"{metadata.schema}.{name}" if metadata.schema else name
+
+    if key(EVENTS) not in metadata.tables:
         sa.Table(
             EVENTS,
             metadata,
@@ -96,7 +101,7 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             ),
             sqlite_with_rowid=False,
         )
-    if DELIVERIES not in metadata.tables:
+    if key(DELIVERIES) not in metadata.tables:
         sa.Table(
             DELIVERIES,
             metadata,
@@ -105,7 +110,7 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             sa.Column(
                 "event_id",
                 sa.String(40),
-                sa.ForeignKey(f"{EVENTS}.id", ondelete="CASCADE"),
+                sa.ForeignKey(f"{key(EVENTS)}.id", ondelete="CASCADE"),
                 primary_key=True,
             ),
             sa.Column("hook", sa.String(255), primary_key=True),
@@ -138,7 +143,7 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             _partial("ix_postreg_deliveries_dead", "event_id", "hook", DEAD_ONLY),
             sqlite_with_rowid=False,
         )
-    if HOOK_SETTINGS not in metadata.tables:
+    if key(HOOK_SETTINGS) not in metadata.tables:
         sa.Table(
             HOOK_SETTINGS,
             metadata,
@@ -147,9 +152,9 @@ def tables_for(metadata: sa.MetaData) -> Tables:
             sa.Column("updated_at", sa.Float, nullable=False),
         )
     return Tables(
-        metadata.tables[EVENTS],
-        metadata.tables[DELIVERIES],
-        metadata.tables[HOOK_SETTINGS],
+        metadata.tables[key(EVENTS)],
+        metadata.tables[key(DELIVERIES)],
+        metadata.tables[key(HOOK_SETTINGS)],
     )
 
 
