@@ -119,3 +119,49 @@ def test_a_slack_limiter_held_by_a_parent_thread_is_free_in_the_child():
         parent_thread.join(10)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child's limiter hung"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_reports_the_outcomes_it_could_not_write(make_app):
+    """``join()`` says False when an outcome could not be written since the
+    last ``join()``; it compares the store's count with the one it reported,
+    and a child inherits both: one reset without the other hid the child's own
+    lost outcomes behind the parent's."""
+    import sqlite3
+
+    from .outbox import make_event
+
+    app, postreg = make_app(
+        POSTREG_BACKEND="sync",  # outcomes written inline: no thread to fork
+        SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"timeout": 0.05}},
+    )
+    postreg.hook(lambda user, context: None, name="h")
+    state = app.extensions["postreg"]
+    s = state.store
+    with s.begin() as conn:
+        written = s.write(conn, [make_event(i) for i in range(3)], state.hooks())
+
+    def lose(deliveries):
+        lock = sqlite3.connect(s.engine.url.database, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            for delivery in deliveries:
+                state.dispatcher.finish(delivery, None, 0.1)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+
+    lose(written[:2])
+    assert postreg.join(5) is False and postreg.join(5) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            lose(written[2:])
+            code = 0 if postreg.join(5) is False else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
