@@ -317,8 +317,13 @@ class Dispatcher:
                     delivery.event.context, attempt=delivery.attempt, secrets=secrets
                 )
                 _call(delivery.hook.func, delivery.event.user, context)
-        except KeyboardInterrupt:
-            raise
+        except KeyboardInterrupt as exc:
+            # Ctrl-C reaches the main thread only (the sync backend): let it
+            # stop the program. On a pool thread the hook raised it itself: a
+            # failure like any other, not the end of the worker.
+            if threading.current_thread() is threading.main_thread():
+                raise
+            return Attempt(exc, time.perf_counter() - start, seen)
         except BaseException as exc:  # recorded as the attempt's failure
             return Attempt(exc, time.perf_counter() - start, seen)
         return Attempt(None, time.perf_counter() - start, seen)

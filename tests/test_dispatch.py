@@ -623,6 +623,25 @@ def test_odd_exceptions_are_recorded_and_no_worker_is_lost(make_app):
         assert history == ["pending", "succeeded", "succeeded"]
 
 
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_a_hook_raising_a_base_exception_fails_and_keeps_its_worker(make_app, raised):
+    """``KeyboardInterrupt`` (or ``SystemExit``...) raised by a hook on a pool
+    thread is that attempt's failure: Ctrl-C reaches the main thread only.
+    It killed the worker; the watchdog then counted it hung, until no worker
+    was left to run anything."""
+    app, postreg = make_app(POSTREG_MAX_WORKERS=1, POSTREG_STORE="memory")
+
+    def quits(user, context):
+        raise raised()
+
+    postreg.hook(quits, name="quits", max_attempts=1)
+    for i in range(6):  # more than the watchdog's allowance of hung threads
+        register(app, f"u{i}@example.com")
+    assert postreg.join(10)
+    dead = outcomes(app, hook="quits")
+    assert [(o.status, o.error_class) for o in dead] == [("dead", raised.__name__)] * 6
+
+
 def test_backpressure_in_database_mode_loses_nothing(make_app):
     app, postreg = make_app(
         POSTREG_MAX_WORKERS=1, POSTREG_MAX_QUEUE=2, POSTREG_POLL_INTERVAL=0.05

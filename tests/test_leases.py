@@ -175,6 +175,39 @@ def test_a_batch_the_database_cannot_take_at_all_is_not_retried_row_by_row(
     assert postreg.join(5) is True  # once
 
 
+def test_a_database_that_does_not_answer_does_not_hold_the_stop_up(make_app, caplog):
+    """Stopping (SIGTERM to a worker, the interpreter's exit) while the database
+    does not answer (here locked, each statement waiting 30 s; a dropped
+    network waits longer): the pool stops within its timeout plus a second,
+    not when the database comes back; what it could not write is left to the
+    leases."""
+    import sqlite3
+
+    app, postreg = make_app(SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"timeout": 30}})
+    postreg.hook(lambda user, context: None, name="h")
+    state = app.extensions["postreg"]
+    s = state.store
+    with s.begin() as conn:
+        (delivery,) = s.write(conn, [make_event(0)], state.hooks())
+    lock = sqlite3.connect(s.engine.url.database, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    stopped = threading.Event()
+    try:
+        state.dispatcher.finish(delivery, None, 0.1)  # its outcome waits on the lock
+        with caplog.at_level(logging.WARNING, logger="flask_postreg"):
+            stopper = threading.Thread(
+                target=lambda: (state.backend.shutdown(0.1), stopped.set())
+            )
+            stopper.start()
+            assert stopped.wait(15), "the stop waited for the database"
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert "the database did not answer within 1.0s while writing outcomes" in (
+        caplog.text
+    )
+
+
 @both
 def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
     """A claimed delivery that waited in the queue until its lease could end

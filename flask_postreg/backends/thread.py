@@ -241,7 +241,7 @@ class ThreadBackend:
                 self._timers.clear()
                 self._wake_all()
         if not drain:  # nothing runs here, but outcomes may wait in the store
-            self._flush_store()
+            self._within(max(timeout, 1.0), self._flush_store, "writing outcomes")
             return True
         if dropped_retries and not self.dispatcher.store.durable:
             logger.warning(
@@ -254,10 +254,17 @@ class ThreadBackend:
         poller = self._poller
         if poller is not None and poller is not threading.current_thread():
             poller.join(max(timeout - (time.monotonic() - started), 0.1))
-        self._flush_store()
+        # The database work left gets what remains of the timeout (a second at
+        # least): a database that does not answer must not hold the stop up.
+        budget = max(started + timeout - time.monotonic(), 1.0)
+        self._within(budget, self._flush_store, "writing outcomes")
         if not done:
             unfinished = self.pending
-            self.handed_back = self._hand_back(running=exiting)
+            budget = max(started + timeout - time.monotonic(), 1.0)
+            handed = self._within(
+                budget, lambda: self._hand_back(running=exiting), "handing back"
+            )
+            self.handed_back = handed or 0
             left = ""
             if self.dispatcher.store.durable:
                 left = f"; {self.handed_back} left pending for the next process"
@@ -270,6 +277,32 @@ class ThreadBackend:
                 left,
             )
         return done
+
+    def _within(
+        self, seconds: float, work: Callable[[], int | None], what: str
+    ) -> int | None:
+        """``work()`` (a stopping pool's database work) if it ends within
+        ``seconds``; otherwise None, and it goes on in a daemon thread the
+        process does not wait for (what it did not write is left to leases)."""
+        result: list[int | None] = []
+        helper = threading.Thread(
+            target=lambda: result.append(work()), name="postreg-stop", daemon=True
+        )
+        try:
+            helper.start()
+        except RuntimeError:  # at interpreter exit (3.12+): no new threads
+            return work()
+        helper.join(seconds)
+        if not result:
+            logger.warning(
+                "flask-postreg: the database did not answer within %.1fs while %s"
+                " at shutdown; the leases of what was left will expire and the"
+                " poller will run it again",
+                seconds,
+                what,
+            )
+            return None
+        return result[0]
 
     def _hand_back(self, *, running: bool) -> int:
         """After a drain that ran out of time, with the database store: the
