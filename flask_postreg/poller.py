@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from .errors import LeaseExpired
+from .scrub import scrub
 
 if TYPE_CHECKING:
     from .dispatch import Delivery
@@ -27,6 +28,14 @@ logger = logging.getLogger("flask_postreg")
 BATCH = 200
 #: Seconds between prunes.
 PRUNE_EVERY = 3600.0
+#: Seconds between log lines while polls keep failing.
+FAILURE_LOG_EVERY = 60.0
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of the driver's message (no SQL, no parameters), scrubbed."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return scrub(text[0] if text else "", limit=200)
 
 
 class Poller:
@@ -36,15 +45,37 @@ class Poller:
         self._last_prune = 0.0
 
     def run(self, backend: Any) -> None:
-        """The poller thread's loop; returns when the pool stops."""
+        """The poller thread's loop; returns when the pool stops.
+
+        While the database is away it logs the first failure, then one line a
+        minute at most (not one per poll), and says when polls work again.
+        """
+        failures = 0
+        told_at = 0.0
         while True:
             try:
                 self.poll_once(backend)
             except Exception as exc:
-                logger.error(
-                    "flask-postreg: poll failed (%s); will try again",
-                    type(exc).__name__,
-                )
+                failures += 1
+                now = time.monotonic()
+                if failures == 1 or now - told_at >= FAILURE_LOG_EVERY:
+                    told_at = now
+                    logger.error(
+                        "flask-postreg: poll failed (%s: %s)%s; will try again every"
+                        " %gs (due retries and crashed processes' deliveries wait"
+                        " meanwhile)",
+                        type(exc).__name__,
+                        _cause(exc),
+                        f", {failures} times in a row" if failures > 1 else "",
+                        self.state.values["POLL_INTERVAL"],
+                    )
+            else:
+                if failures:
+                    logger.warning(
+                        "flask-postreg: polls work again after %d failure(s)",
+                        failures,
+                    )
+                failures = 0
             if backend.wait_stop(self.state.values["POLL_INTERVAL"]):
                 return
 

@@ -137,6 +137,7 @@ class _State:
         self.run_here: bool = values["RUN_IN_WEB"]
         #: Outcomes lost (not written) that a join() has reported already.
         self.lost_reported = 0
+        self._settings_failing = False  # the last settings read failed (logged)
         #: Open ``record_events()`` blocks (see :mod:`flask_postreg.recording`).
         self.recorders: list[recording.Recorder] = []
         self.bind_key: str | None = user_model.metadata.info.get("bind_key")  # type: ignore[attr-defined]
@@ -249,10 +250,15 @@ class _State:
             # made, must not land after the read that saw the switch.
             with self._settings_lock:
                 self.settings = self.store.hook_settings(connection)
+            self._settings_failing = False
         except Exception as exc:
-            logger.error(
-                "flask-postreg could not read hook settings (%s)", type(exc).__name__
-            )
+            if not self._settings_failing:  # once per outage, not every poll
+                self._settings_failing = True
+                logger.error(
+                    "flask-postreg could not read hook settings (%s); the last"
+                    " ones read stay in force",
+                    type(exc).__name__,
+                )
 
     def read_switches(self, connection: sa.Connection | None = None) -> None:
         """Before deliveries are made: the run-time switches, read here when no

@@ -208,6 +208,42 @@ def test_a_database_that_does_not_answer_does_not_hold_the_stop_up(make_app, cap
     )
 
 
+def test_a_database_outage_is_logged_once_not_every_poll(make_app, caplog):
+    """The poller meets a locked (or unreachable) database at every poll: one
+    ERROR with the cause, not one per poll, then a line when polls work again."""
+    import sqlite3
+
+    app, postreg = make_app(
+        POSTREG_POLL_INTERVAL=0.01,
+        SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"timeout": 0.01}},
+    )
+    postreg.hook(lambda user, context: None, name="h")
+    s = app.extensions["postreg"].store
+    checkouts = []
+    sa.event.listen(s.engine, "checkout", lambda *args: checkouts.append(1))
+    lock = sqlite3.connect(s.engine.url.database, isolation_level=None)
+    with caplog.at_level(logging.INFO, logger="flask_postreg"):
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            postreg.start(app)
+            deadline = time.monotonic() + 10
+            while len(checkouts) < 10:  # several polls met the lock
+                assert time.monotonic() < deadline, "the poller did not poll"
+                threading.Event().wait(0.01)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        deadline = time.monotonic() + 10
+        while "polls work again" not in caplog.text:
+            assert time.monotonic() < deadline, "no line when polls worked again"
+            threading.Event().wait(0.01)
+    failed = [r for r in caplog.records if "poll failed" in r.getMessage()]
+    assert len(failed) == 1, [r.getMessage() for r in failed]
+    assert "database is locked" in failed[0].getMessage()
+    settings = [r for r in caplog.records if "hook settings" in r.getMessage()]
+    assert len(settings) <= 1
+
+
 @both
 def test_lease_too_short_for_the_hook_timeout_is_not_started(make_app):
     """A claimed delivery that waited in the queue until its lease could end
