@@ -241,7 +241,7 @@ class ThreadBackend:
                 self._timers.clear()
                 self._wake_all()
         if not drain:  # nothing runs here, but outcomes may wait in the store
-            self._within(max(timeout, 1.0), self._flush_store, "writing outcomes")
+            self._write_last(max(timeout, 1.0))
             return True
         if dropped_retries and not self.dispatcher.store.durable:
             logger.warning(
@@ -257,7 +257,7 @@ class ThreadBackend:
         # The database work left gets what remains of the timeout (a second at
         # least): a database that does not answer must not hold the stop up.
         budget = max(started + timeout - time.monotonic(), 1.0)
-        self._within(budget, self._flush_store, "writing outcomes")
+        self._write_last(budget)
         if not done:
             unfinished = self.pending
             budget = max(started + timeout - time.monotonic(), 1.0)
@@ -277,6 +277,12 @@ class ThreadBackend:
                 left,
             )
         return done
+
+    def _write_last(self, seconds: float) -> None:
+        """Write the outcomes still batched, within ``seconds`` (only a durable
+        store batches: for the others there is nothing to wait for)."""
+        if self.dispatcher.store.durable:
+            self._within(seconds, self._flush_store, "writing outcomes")
 
     def _within(
         self, seconds: float, work: Callable[[], int | None], what: str
