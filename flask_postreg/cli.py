@@ -357,7 +357,7 @@ def retry_command(
     if hook:
         _require_hook(state, hook)
     keys = filter(None, map(split_delivery_id, delivery_ids))
-    gone = sorted({hook for _, hook in keys} - set(names))
+    gone = sorted({name for _, name in keys} - set(names))
     if gone:
         raise click.ClickException(
             f"unknown hook(s) {', '.join(map(repr, gone))} in the id(s): nothing"
